@@ -1,0 +1,148 @@
+//! Types shared by the netiso eBPF programs and the user-space agent.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so both sides agree on the
+//! layout byte for byte; `tests` at the bottom pin the sizes. Addresses are kept in the form the
+//! kernel hands to sock_addr programs: IPv4 as a `u32` whose in-memory bytes are the address in
+//! network order (`u32::from_ne_bytes(octets)`), IPv6 as four such words.
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+pub mod policy;
+
+/// Raw IPv4 address: in-memory bytes are the octets in network order.
+pub type Ip4 = u32;
+/// Raw IPv6 address: four words, in-memory bytes are the octets in network order.
+pub type Ip6 = [u32; 4];
+
+/// Container flag: audit mode (allow, but count what enforce mode would refuse).
+pub const FLAG_AUDIT: u32 = 1 << 0;
+/// Container flag: raw, SCTP and other ungoverned sockets may be created (weakens isolation).
+pub const FLAG_ALLOW_RAW: u32 = 1 << 1;
+/// Container flag: `v4` and `lo4` hold an owned primary IPv4 address.
+pub const FLAG_HAS_V4: u32 = 1 << 2;
+/// Container flag: `v6` holds an owned primary IPv6 address.
+pub const FLAG_HAS_V6: u32 = 1 << 3;
+
+/// Value of the `CONTAINERS` map, keyed by the cgroup id (u64) of the registered cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Container {
+    /// Agent-assigned container id (>= 1); the value stored in the owned-address maps.
+    pub id: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Primary IPv4 address (valid when `FLAG_HAS_V4`).
+    pub v4: Ip4,
+    /// The container's private loopback address in 127.128.0.0/9; 127.0.0.1 maps to it.
+    pub lo4: Ip4,
+    /// Primary IPv6 address (valid when `FLAG_HAS_V6`).
+    pub v6: Ip6,
+}
+
+impl Container {
+    pub const fn audit(&self) -> bool {
+        self.flags & FLAG_AUDIT != 0
+    }
+    pub const fn allow_raw(&self) -> bool {
+        self.flags & FLAG_ALLOW_RAW != 0
+    }
+    pub const fn has_v4(&self) -> bool {
+        self.flags & FLAG_HAS_V4 != 0
+    }
+    pub const fn has_v6(&self) -> bool {
+        self.flags & FLAG_HAS_V6 != 0
+    }
+}
+
+/// Indices into the `CONFIG` array map.
+pub mod config {
+    /// Non-zero: netiso is disabled globally, every hook passes through.
+    pub const DISABLED: u32 = 0;
+    /// Shallowest cgroup level (0 = cgroup root) at which a container is registered.
+    pub const MIN_LEVEL: u32 = 1;
+    /// Deepest cgroup level at which a container is registered; 0 when none is registered.
+    pub const MAX_LEVEL: u32 = 2;
+    pub const LEN: u32 = 4;
+}
+
+/// Upper bound on cgroup nesting the hooks walk when looking for a registered ancestor.
+pub const MAX_CGROUP_LEVELS: u32 = 32;
+/// Capacity of the container and address maps.
+pub const MAX_CONTAINERS: u32 = 65_536;
+pub const MAX_ADDRESSES: u32 = 65_536;
+
+/// Per-container counters (one per-CPU copy each; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub v: [u64; counter::LEN],
+}
+
+/// Indices into [`Counters::v`].
+pub mod counter {
+    pub const BIND_ALLOWED: usize = 0;
+    pub const BIND_REWRITTEN: usize = 1;
+    pub const BIND_REFUSED: usize = 2;
+    pub const CONNECT_ALLOWED: usize = 3;
+    pub const CONNECT_REWRITTEN: usize = 4;
+    pub const CONNECT_REFUSED: usize = 5;
+    pub const SENDMSG_ALLOWED: usize = 6;
+    pub const SENDMSG_REWRITTEN: usize = 7;
+    pub const SENDMSG_REFUSED: usize = 8;
+    pub const SOCKET_REFUSED: usize = 9;
+    pub const SOCKOPT_REFUSED: usize = 10;
+    /// Operations enforce mode would have refused, allowed because the container is in audit mode.
+    pub const AUDITED: usize = 11;
+    pub const LEN: usize = 12;
+    pub const NAMES: [&str; LEN] = [
+        "bind_allowed",
+        "bind_rewritten",
+        "bind_refused",
+        "connect_allowed",
+        "connect_rewritten",
+        "connect_refused",
+        "sendmsg_allowed",
+        "sendmsg_rewritten",
+        "sendmsg_refused",
+        "socket_refused",
+        "sockopt_refused",
+        "audited",
+    ];
+}
+
+/// Map names, shared so the agent finds what the eBPF object defines.
+pub mod maps {
+    pub const CONTAINERS: &str = "CONTAINERS";
+    pub const OWNED4: &str = "OWNED4";
+    pub const OWNED6: &str = "OWNED6";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding (see the size tests).
+    unsafe impl aya::Pod for super::Container {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn shared_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Container>(), 4 + 4 + 4 + 4 + 16);
+        assert_eq!(align_of::<Container>(), 4);
+        assert_eq!(size_of::<Counters>(), 8 * counter::LEN);
+    }
+
+    #[test]
+    fn counter_names_are_unique() {
+        for (i, a) in counter::NAMES.iter().enumerate() {
+            for b in &counter::NAMES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

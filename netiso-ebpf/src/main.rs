@@ -1,0 +1,475 @@
+//! netiso's kernel side: cgroup socket hooks that keep every socket of a container on the
+//! addresses it owns.
+//!
+//! Each hook is thin: find the calling task's container (pass through when there is none or
+//! netiso is disabled), call `try_*`, which asks `netiso_common::policy` for a decision and
+//! applies it, then `finish` turns the result into the one verdict per error class.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr, sockaddr},
+    helpers::{bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_set_retval},
+    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
+    maps::{Array, HashMap, PerCpuHashMap},
+    programs::{SockAddrContext, SockContext, SockoptContext},
+};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use netiso_common::{
+    config, counter,
+    policy::{self, Bind, Bound, Deny, Ownership, Rewrite, AF_INET, AF_INET6},
+    Container, Counters, Ip4, Ip6, MAX_ADDRESSES, MAX_CGROUP_LEVELS, MAX_CONTAINERS,
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+/// Hash maps allocate entries on demand: a preallocated per-CPU map of 64k entries would cost
+/// hundreds of MiB on large machines.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Registered container cgroups: cgroup id -> container.
+#[map(name = "CONTAINERS")]
+static CONTAINERS: HashMap<u64, Container> = HashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
+/// Owned IPv4 addresses -> container id.
+#[map(name = "OWNED4")]
+static OWNED4: HashMap<Ip4, u32> = HashMap::pinned(MAX_ADDRESSES, BPF_F_NO_PREALLOC);
+/// Owned IPv6 addresses -> container id.
+#[map(name = "OWNED6")]
+static OWNED6: HashMap<Ip6, u32> = HashMap::pinned(MAX_ADDRESSES, BPF_F_NO_PREALLOC);
+/// Global switches, see `netiso_common::config`.
+#[map(name = "CONFIG")]
+static CONFIG: Array<u32> = Array::pinned(config::LEN, 0);
+/// Per-container counters, see `netiso_common::counter`.
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuHashMap<u32, Counters> =
+    PerCpuHashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
+
+/// What a `try_*` did when it let the operation through.
+enum Outcome {
+    Allowed,
+    Rewritten,
+}
+
+/// The counters one hook reports into.
+#[derive(Clone, Copy)]
+struct Hook {
+    allowed: usize,
+    rewritten: usize,
+    refused: usize,
+}
+
+const BIND: Hook = Hook {
+    allowed: counter::BIND_ALLOWED,
+    rewritten: counter::BIND_REWRITTEN,
+    refused: counter::BIND_REFUSED,
+};
+const CONNECT: Hook = Hook {
+    allowed: counter::CONNECT_ALLOWED,
+    rewritten: counter::CONNECT_REWRITTEN,
+    refused: counter::CONNECT_REFUSED,
+};
+const SENDMSG: Hook = Hook {
+    allowed: counter::SENDMSG_ALLOWED,
+    rewritten: counter::SENDMSG_REWRITTEN,
+    refused: counter::SENDMSG_REFUSED,
+};
+const SOCKET: Hook = Hook {
+    allowed: counter::LEN,
+    rewritten: counter::LEN,
+    refused: counter::SOCKET_REFUSED,
+};
+const SOCKOPT: Hook = Hook {
+    allowed: counter::LEN,
+    rewritten: counter::LEN,
+    refused: counter::SOCKOPT_REFUSED,
+};
+
+struct MapOwner(u32);
+
+impl Ownership for MapOwner {
+    #[inline(always)]
+    fn owns4(&self, addr: Ip4) -> bool {
+        matches!(unsafe { OWNED4.get(&addr) }, Some(id) if *id == self.0)
+    }
+    #[inline(always)]
+    fn owns6(&self, addr: &Ip6) -> bool {
+        matches!(unsafe { OWNED6.get(addr) }, Some(id) if *id == self.0)
+    }
+}
+
+#[inline(always)]
+fn config(index: u32) -> u32 {
+    CONFIG.get(index).copied().unwrap_or(0)
+}
+
+/// The container of the calling task: the registered cgroup among its ancestors (containers
+/// never nest, so at most one matches). None when netiso is disabled or the task is outside
+/// every container, which makes every hook pass through.
+#[inline(always)]
+fn current_container() -> Option<Container> {
+    if config(config::DISABLED) != 0 {
+        return None;
+    }
+    let (min, max) = (config(config::MIN_LEVEL), config(config::MAX_LEVEL));
+    let mut i = 0;
+    while i < MAX_CGROUP_LEVELS {
+        let level = min + i;
+        if level > max {
+            break;
+        }
+        // Returns 0 for levels deeper than the task's own cgroup.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        if let Some(c) = unsafe { CONTAINERS.get(&id) } {
+            return Some(*c);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn count(id: u32, index: usize) {
+    if index >= counter::LEN {
+        return;
+    }
+    if let Some(c) = COUNTERS.get_ptr_mut(&id) {
+        // Per-CPU value: no other writer, a plain add is enough.
+        unsafe { (*c).v[index] += 1 };
+    }
+}
+
+/// The one place that turns a decision into a verdict. Audit mode allows what enforce mode
+/// would refuse and counts it; `try_*` never rewrites anything for an audited container.
+#[inline(always)]
+fn finish(c: &Container, hook: Hook, result: Result<Outcome, Deny>) -> i32 {
+    match result {
+        Ok(Outcome::Allowed) => {
+            count(c.id, hook.allowed);
+            ALLOW
+        }
+        Ok(Outcome::Rewritten) => {
+            count(c.id, hook.rewritten);
+            ALLOW
+        }
+        Err(_) if c.audit() => {
+            count(c.id, counter::AUDITED);
+            ALLOW
+        }
+        Err(deny) => {
+            count(c.id, hook.refused);
+            unsafe { bpf_set_retval(-deny.errno()) };
+            DENY
+        }
+    }
+}
+
+// ---- context access: narrow (u32) volatile loads and stores, as the verifier requires ----
+
+#[inline(always)]
+fn rd(p: *const u32) -> u32 {
+    unsafe { read_volatile(p) }
+}
+
+#[inline(always)]
+fn rd6(p: *const [u32; 4]) -> Ip6 {
+    let p = p as *const u32;
+    unsafe { [rd(p), rd(p.add(1)), rd(p.add(2)), rd(p.add(3))] }
+}
+
+#[inline(always)]
+fn wr6(p: *mut [u32; 4], v: &Ip6) {
+    let p = p as *mut u32;
+    unsafe {
+        write_volatile(p, v[0]);
+        write_volatile(p.add(1), v[1]);
+        write_volatile(p.add(2), v[2]);
+        write_volatile(p.add(3), v[3]);
+    }
+}
+
+#[inline(always)]
+fn sk_of(ctx: &SockAddrContext) -> *const bpf_sock {
+    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }
+}
+
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: u32,
+    zero: [u8; 8],
+}
+
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: [u32; 4],
+    scope_id: u32,
+}
+
+/// Binds the socket's source address with port 0, which the kernel leaves to connect().
+#[inline(always)]
+fn bind_src4(ctx: &SockAddrContext, addr: Ip4) -> Result<(), Deny> {
+    let mut sa = SockaddrIn {
+        family: AF_INET as u16,
+        port: 0,
+        addr,
+        zero: [0; 8],
+    };
+    let len = core::mem::size_of::<SockaddrIn>() as i32;
+    let rc = unsafe { bpf_bind(ctx.sock_addr, addr_of_mut!(sa) as *mut sockaddr, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Deny::AddrNotAvail)
+    }
+}
+
+#[inline(always)]
+fn bind_src6(ctx: &SockAddrContext, addr: &Ip6) -> Result<(), Deny> {
+    let mut sa = SockaddrIn6 {
+        family: AF_INET6 as u16,
+        port: 0,
+        flowinfo: 0,
+        addr: *addr,
+        scope_id: 0,
+    };
+    let len = core::mem::size_of::<SockaddrIn6>() as i32;
+    let rc = unsafe { bpf_bind(ctx.sock_addr, addr_of_mut!(sa) as *mut sockaddr, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Deny::AddrNotAvail)
+    }
+}
+
+// ---- bind ----
+
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, BIND, try_bind4(&ctx, &c)),
+    }
+}
+
+fn try_bind4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
+    let sa = ctx.sock_addr;
+    let addr = rd(unsafe { addr_of!((*sa).user_ip4) });
+    match policy::bind4(c, addr, &MapOwner(c.id))? {
+        Bind::Rewrite(a) if !c.audit() => {
+            unsafe { write_volatile(addr_of_mut!((*sa).user_ip4), a) };
+            Ok(Outcome::Rewritten)
+        }
+        _ => Ok(Outcome::Allowed),
+    }
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, BIND, try_bind6(&ctx, &c)),
+    }
+}
+
+fn try_bind6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    let addr = rd6(unsafe { addr_of!((*sa).user_ip6) });
+    match policy::bind6(c, &addr, &MapOwner(c.id))? {
+        Bind::Rewrite(a) if !c.audit() => {
+            wr6(unsafe { addr_of_mut!((*sa).user_ip6) }, &a);
+            Ok(Outcome::Rewritten)
+        }
+        _ => Ok(Outcome::Allowed),
+    }
+}
+
+// ---- connect (TCP, UDP, ping) ----
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, CONNECT, try_connect4(&ctx, &c)),
+    }
+}
+
+fn try_connect4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
+    let sa = ctx.sock_addr;
+    let sk = sk_of(ctx);
+    let dst = rd(unsafe { addr_of!((*sa).user_ip4) });
+    let bound = Bound {
+        addr: rd(unsafe { addr_of!((*sk).src_ip4) }),
+        has_port: rd(unsafe { addr_of!((*sk).src_port) }) != 0,
+    };
+    let r = policy::connect4(c, dst, bound, &MapOwner(c.id))?;
+    apply4(ctx, c, r, true)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, CONNECT, try_connect6(&ctx, &c)),
+    }
+}
+
+fn try_connect6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
+    let sa = ctx.sock_addr;
+    let sk = sk_of(ctx);
+    let dst = rd6(unsafe { addr_of!((*sa).user_ip6) });
+    let bound = Bound {
+        addr: rd6(unsafe { addr_of!((*sk).src_ip6) }),
+        has_port: rd(unsafe { addr_of!((*sk).src_port) }) != 0,
+    };
+    let r = policy::connect6(c, &dst, bound, &MapOwner(c.id))?;
+    apply6(ctx, c, r, true)
+}
+
+/// Applies a connect or sendmsg rewrite: the destination into `user_ip*`, the source with
+/// bpf_bind (connect) or into `msg_src_ip*` (sendmsg).
+#[inline(always)]
+fn apply4(
+    ctx: &SockAddrContext,
+    c: &Container,
+    r: Rewrite<Ip4>,
+    connect: bool,
+) -> Result<Outcome, Deny> {
+    if c.audit() || (r.dst.is_none() && r.src.is_none()) {
+        return Ok(Outcome::Allowed);
+    }
+    let sa = ctx.sock_addr;
+    if let Some(d) = r.dst {
+        unsafe { write_volatile(addr_of_mut!((*sa).user_ip4), d) };
+    }
+    if let Some(s) = r.src {
+        if connect {
+            bind_src4(ctx, s)?;
+        } else {
+            unsafe { write_volatile(addr_of_mut!((*sa).msg_src_ip4), s) };
+        }
+    }
+    Ok(Outcome::Rewritten)
+}
+
+#[inline(always)]
+fn apply6(
+    ctx: &SockAddrContext,
+    c: &Container,
+    r: Rewrite<Ip6>,
+    connect: bool,
+) -> Result<Outcome, Deny> {
+    if c.audit() || (r.dst.is_none() && r.src.is_none()) {
+        return Ok(Outcome::Allowed);
+    }
+    let sa = ctx.sock_addr;
+    if let Some(d) = r.dst {
+        wr6(unsafe { addr_of_mut!((*sa).user_ip6) }, &d);
+    }
+    if let Some(s) = r.src {
+        if connect {
+            bind_src6(ctx, &s)?;
+        } else {
+            wr6(unsafe { addr_of_mut!((*sa).msg_src_ip6) }, &s);
+        }
+    }
+    Ok(Outcome::Rewritten)
+}
+
+// ---- unconnected UDP sends ----
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, SENDMSG, try_sendmsg4(&ctx, &c)),
+    }
+}
+
+fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
+    let sa = ctx.sock_addr;
+    let dst = rd(unsafe { addr_of!((*sa).user_ip4) });
+    let src = rd(unsafe { addr_of!((*sa).msg_src_ip4) });
+    let r = policy::sendmsg4(c, dst, src, &MapOwner(c.id))?;
+    apply4(ctx, c, r, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, SENDMSG, try_sendmsg6(&ctx, &c)),
+    }
+}
+
+fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
+    let sa = ctx.sock_addr;
+    let dst = rd6(unsafe { addr_of!((*sa).user_ip6) });
+    let src = rd6(unsafe { addr_of!((*sa).msg_src_ip6) });
+    let r = policy::sendmsg6(c, &dst, &src, &MapOwner(c.id))?;
+    apply6(ctx, c, r, false)
+}
+
+// ---- socket creation ----
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, SOCKET, try_sock_create(&ctx, &c)),
+    }
+}
+
+fn try_sock_create(ctx: &SockContext, c: &Container) -> Result<Outcome, Deny> {
+    let sk = ctx.sock;
+    let family = rd(unsafe { addr_of!((*sk).family) });
+    let ty = rd(unsafe { addr_of!((*sk).type_) });
+    let protocol = rd(unsafe { addr_of!((*sk).protocol) });
+    policy::sock_create(c, family, ty, protocol)?;
+    Ok(Outcome::Allowed)
+}
+
+// ---- setsockopt: sticky IPv6 source ----
+
+#[cgroup_sockopt(setsockopt)]
+pub fn setsockopt(ctx: SockoptContext) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, SOCKOPT, try_setsockopt(&ctx, &c)),
+    }
+}
+
+fn try_setsockopt(ctx: &SockoptContext, c: &Container) -> Result<Outcome, Deny> {
+    let so = ctx.sockopt;
+    let level = unsafe { read_volatile(addr_of!((*so).level)) };
+    let optname = unsafe { read_volatile(addr_of!((*so).optname)) };
+    if level != policy::IPPROTO_IPV6 {
+        return Ok(Outcome::Allowed);
+    }
+    // struct in6_pktinfo starts with the in6_addr; bounds-check against optval_end.
+    let start = unsafe { (*so).__bindgen_anon_2.optval } as usize;
+    let end = unsafe { (*so).__bindgen_anon_3.optval_end } as usize;
+    let addr = if start + 16 <= end {
+        Some(rd6(start as *const [u32; 4]))
+    } else {
+        None
+    };
+    policy::setsockopt(level, optname, addr.as_ref(), &MapOwner(c.id))?;
+    Ok(Outcome::Allowed)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,98 @@
+//! JSON bodies of the agent's HTTP API (`/v1/...`), shared by the agent and the CLI.
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+pub const API_PREFIX: &str = "/v1";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse what the contract forbids (default).
+    #[default]
+    Enforce,
+    /// Allow everything, count what enforce mode would refuse.
+    Audit,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "audit" => Ok(Mode::Audit),
+            other => Err(format!("unknown mode {other:?}: use enforce or audit")),
+        }
+    }
+}
+
+/// POST /v1/containers
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddContainer {
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub allow_raw: bool,
+}
+
+/// PUT /v1/containers/{name}/mode
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetMode {
+    pub mode: Mode,
+}
+
+/// POST /v1/containers/{name}/ips
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddIp {
+    pub ip: IpAddr,
+}
+
+/// A registered container as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub id: u32,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    /// False when the cgroup directory has disappeared since registration.
+    pub cgroup_present: bool,
+    /// Owned addresses; the first of each family is its primary.
+    pub ips: Vec<IpAddr>,
+    /// The container's private loopback address (127.0.0.1 inside maps to it).
+    pub loopback: IpAddr,
+    pub mode: Mode,
+    pub allow_raw: bool,
+    /// Counter name -> value, summed over CPUs.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// GET /v1/status
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub enabled: bool,
+    pub cgroup_root: PathBuf,
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+    pub containers: usize,
+    /// Attached programs (hook names), each pinned under `bpffs/links`.
+    pub programs: Vec<String>,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,169 @@
+//! cgroup v2 helpers: finding the mount, ids, levels, creating and removing subtrees.
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 filesystem is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
+    NoCgroup2,
+    #[error("cgroup {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not a cgroup v2 directory")]
+    NotCgroup(PathBuf),
+    #[error("cgroup {path} is outside the cgroup root {root}")]
+    OutsideRoot { path: PathBuf, root: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The cgroup v2 mount point, read from /proc/self/mountinfo (never hard-coded: hybrid hosts
+/// mount it at /sys/fs/cgroup/unified).
+pub fn mount_point() -> Result<PathBuf, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
+    parse_mountinfo(&info).ok_or(CgroupError::NoCgroup2)
+}
+
+fn parse_mountinfo(info: &str) -> Option<PathBuf> {
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount = pre.split_whitespace().nth(4)?;
+        Some(PathBuf::from(mount.replace("\\040", " ")))
+    })
+}
+
+/// A validated cgroup v2 directory.
+#[derive(Clone, Debug)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    pub id: u64,
+    /// Depth below the cgroup2 mount (the mount itself is level 0).
+    pub level: u32,
+}
+
+/// Resolves `path` (absolute, or relative to `mount`) to a cgroup at or below `root`.
+pub fn resolve(mount: &Path, root: &Path, path: &Path) -> Result<Cgroup, CgroupError> {
+    let joined = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        mount.join(path)
+    };
+    let canon = fs::canonicalize(&joined).map_err(|_| CgroupError::Missing(joined.clone()))?;
+    if !canon.join("cgroup.procs").exists() {
+        return Err(CgroupError::NotCgroup(canon));
+    }
+    if !canon.starts_with(root) {
+        return Err(CgroupError::OutsideRoot {
+            path: canon,
+            root: root.to_owned(),
+        });
+    }
+    let level = canon
+        .strip_prefix(mount)
+        .map_err(|_| CgroupError::NotCgroup(canon.clone()))?
+        .components()
+        .count() as u32;
+    let id = fs::metadata(&canon)
+        .map_err(io_err("stat", &canon))?
+        .ino();
+    Ok(Cgroup {
+        path: canon,
+        id,
+        level,
+    })
+}
+
+/// Creates `path` (and missing parents).
+pub fn create(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir_all(path).map_err(io_err("creating cgroup", path))
+}
+
+/// Kills every process in the subtree and waits until it is empty.
+pub fn kill_all(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    // cgroup.kill (5.14+) kills the whole subtree atomically, forks included.
+    let kill = path.join("cgroup.kill");
+    if kill.exists() {
+        fs::write(&kill, "1").map_err(io_err("writing", &kill))?;
+    }
+    let deadline = Instant::now() + timeout;
+    let events = path.join("cgroup.events");
+    loop {
+        let populated = fs::read_to_string(&events)
+            .map(|s| s.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false);
+        if !populated {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CgroupError::Io {
+                what: "waiting for processes to exit in",
+                path: path.to_owned(),
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes an empty cgroup subtree, children first.
+pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    let entries = match fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("listing", path)(e)),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing cgroup", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let info = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_is_none() {
+        let info = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n";
+        assert_eq!(parse_mountinfo(info), None);
+    }
+}

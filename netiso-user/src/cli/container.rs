@@ -1,0 +1,105 @@
+//! `netiso container ...`: register, list, inspect and change containers.
+use std::net::IpAddr;
+
+use super::{output, CmdResult, ContainerCmd, IpCmd};
+use crate::{
+    api::{AddContainer, AddIp, ContainerInfo, SetMode},
+    client::Client,
+};
+
+fn ips(c: &ContainerInfo) -> String {
+    c.ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn print_one(c: &ContainerInfo, json: bool) {
+    if json {
+        return output::json(c);
+    }
+    let mut pairs = vec![
+        ("name", c.name.clone()),
+        ("id", c.id.to_string()),
+        ("cgroup", format!("{}{}", c.cgroup.display(), if c.cgroup_present { "" } else { " (missing)" })),
+        ("addresses", ips(c)),
+        ("loopback", format!("{} (127.0.0.1 inside)", c.loopback)),
+        ("mode", c.mode.to_string()),
+        ("allow-raw", if c.allow_raw { "yes (weakened isolation)".into() } else { "no".into() }),
+    ];
+    for (k, v) in &c.counters {
+        pairs.push((k.as_str(), v.to_string()));
+    }
+    output::fields(&pairs);
+}
+
+fn print_list(list: &[ContainerInfo], json: bool) {
+    if json {
+        return output::json(&list);
+    }
+    let refused = |c: &ContainerInfo| -> u64 {
+        c.counters.iter().filter(|(k, _)| k.ends_with("_refused")).map(|(_, v)| v).sum()
+    };
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                ips(c),
+                c.mode.to_string(),
+                if c.allow_raw { "yes".into() } else { "no".into() },
+                refused(c).to_string(),
+                c.counters.get("audited").copied().unwrap_or(0).to_string(),
+                format!("{}{}", c.cgroup.display(), if c.cgroup_present { "" } else { " (missing)" }),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "ADDRESSES", "MODE", "RAW", "REFUSED", "AUDITED", "CGROUP"], &rows);
+}
+
+fn path(name: &str) -> String {
+    format!("/v1/containers/{name}")
+}
+
+pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
+    match cmd {
+        ContainerCmd::Add(a) => {
+            a.policy.check()?;
+            let req = AddContainer {
+                name: a.name.clone(),
+                cgroup: a.cgroup.clone(),
+                ips: a.policy.ips.clone(),
+                mode: a.policy.mode,
+                allow_raw: a.policy.allow_raw,
+            };
+            let c: ContainerInfo = client.post("/v1/containers", &req)?;
+            print_one(&c, json);
+        }
+        ContainerCmd::Rm { name } => {
+            client.delete(&path(name))?;
+            if json {
+                output::json(&serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed container {name}");
+            }
+        }
+        ContainerCmd::Ls => {
+            let list: Vec<ContainerInfo> = client.get("/v1/containers")?;
+            print_list(&list, json);
+        }
+        ContainerCmd::Show { name } => {
+            let c: ContainerInfo = client.get(&path(name))?;
+            print_one(&c, json);
+        }
+        ContainerCmd::Mode { name, mode } => {
+            let c: ContainerInfo = client.put(&format!("{}/mode", path(name)), &SetMode { mode: *mode })?;
+            print_one(&c, json);
+        }
+        ContainerCmd::Ip(IpCmd::Add { name, addr }) => {
+            let c: ContainerInfo = client.post(&format!("{}/ips", path(name)), &AddIp { ip: *addr })?;
+            print_one(&c, json);
+        }
+        ContainerCmd::Ip(IpCmd::Rm { name, addr }) => {
+            let c: ContainerInfo = client.delete_returning(&format!("{}/ips/{addr}", path(name)))?;
+            print_one(&c, json);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,167 @@
+//! The `netiso` command line: one module per command.
+mod agent;
+mod container;
+mod output;
+mod run;
+mod status;
+
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{agent::DEFAULT_SOCKET, api::Mode, client::Client};
+
+/// Exit status for a runtime failure (agent unreachable, request refused, I/O).
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit status for bad usage (clap's own errors use it too).
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "netiso",
+    version,
+    about = "Layer 3 network isolation for containers, enforced by eBPF cgroup socket hooks",
+    long_about = "Layer 3 network isolation for containers, enforced by eBPF cgroup socket hooks.\n\n\
+        A container is a cgroup v2 subtree that owns IPv4/IPv6 addresses. Its sockets may only bind to, \
+        connect from and send from those addresses; wildcard binds are rewritten to the primary address. \
+        `netiso agent` loads the datapath; every other command talks to it over its Unix socket."
+)]
+pub struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "NETISO_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the host agent in the foreground: load, attach and pin the datapath, serve the API.
+    Agent(agent::AgentArgs),
+    /// Show whether netiso is enforcing, where it is attached, and how many containers it knows.
+    Status,
+    /// Turn enforcement on again after `disable`.
+    Enable,
+    /// Make every hook pass through (programs stay attached); `enable` restores enforcement.
+    Disable,
+    /// Register, inspect and change containers.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Run a command in a new container: create a cgroup, register it, run CMD, clean up.
+    Run(run::RunArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ContainerCmd {
+    /// Register an existing cgroup (and all its descendants) as a container owning addresses.
+    Add(ContainerAdd),
+    /// Unregister a container (its cgroup is left alone).
+    Rm { name: String },
+    /// List containers.
+    Ls,
+    /// Show one container with its counters.
+    Show { name: String },
+    /// Set a container's mode: enforce refuses, audit only counts.
+    Mode { name: String, mode: Mode },
+    /// Grant or revoke addresses.
+    #[command(subcommand)]
+    Ip(IpCmd),
+}
+
+#[derive(Subcommand)]
+pub enum IpCmd {
+    /// Grant ADDR to container NAME.
+    Add { name: String, addr: IpAddr },
+    /// Revoke ADDR from container NAME (not its last address).
+    Rm { name: String, addr: IpAddr },
+}
+
+#[derive(Args)]
+pub struct ContainerAdd {
+    /// Container name (letters, digits, '-', '_', '.').
+    pub name: String,
+    /// The container's cgroup v2 directory: absolute, or relative to the cgroup2 mount.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Options shared by `container add` and `run`.
+#[derive(Args, Clone)]
+pub struct PolicyArgs {
+    /// An owned address (repeatable); the first of each family is the primary.
+    #[arg(long = "ip", value_name = "ADDR", required = true)]
+    pub ips: Vec<IpAddr>,
+    /// enforce (refuse) or audit (allow and count).
+    #[arg(long, default_value = "enforce")]
+    pub mode: Mode,
+    /// Allow raw, SCTP and other sockets the address hooks cannot govern. WEAKENS ISOLATION:
+    /// such sockets can use any source address.
+    #[arg(long)]
+    pub allow_raw: bool,
+}
+
+impl PolicyArgs {
+    /// Rejects a repeated address before anything is sent to the agent.
+    fn check(&self) -> Result<(), Failure> {
+        for (i, ip) in self.ips.iter().enumerate() {
+            if self.ips[..i].contains(ip) {
+                return Err(Failure::Usage(format!("address {ip} is given twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a command failed, which decides the exit status.
+pub enum Failure {
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Runtime(e.into())
+    }
+}
+
+pub type CmdResult = Result<i32, Failure>;
+
+/// Parses arguments, runs the command and returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let default_level = if matches!(cli.command, Command::Agent(_)) { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_target(false)
+        .init();
+    let client = || Client::new(&cli.socket);
+    let result = match &cli.command {
+        Command::Agent(a) => agent::run(a, &cli.socket),
+        Command::Status => status::status(&client(), cli.json),
+        Command::Enable => status::toggle(&client(), cli.json, true),
+        Command::Disable => status::toggle(&client(), cli.json, false),
+        Command::Container(c) => container::run(&client(), cli.json, c),
+        Command::Run(r) => run::run(&client(), r),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Usage(m)) => {
+            eprintln!("netiso: usage error: {m}");
+            EXIT_USAGE
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("netiso: error: {e:#}");
+            EXIT_RUNTIME
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! `netiso status`, `netiso enable`, `netiso disable`.
+use super::{output, CmdResult};
+use crate::{api::Status, client::Client};
+
+fn print(s: &Status, json: bool) {
+    if json {
+        return output::json(s);
+    }
+    output::fields(&[
+        ("enforcement", if s.enabled { "enabled".into() } else { "DISABLED (all hooks pass through)".into() }),
+        ("containers", s.containers.to_string()),
+        ("cgroup root", s.cgroup_root.display().to_string()),
+        ("pins", s.bpffs.display().to_string()),
+        ("state", s.state_dir.display().to_string()),
+        ("programs", s.programs.join(", ")),
+        ("version", s.version.clone()),
+    ]);
+}
+
+pub fn status(client: &Client, json: bool) -> CmdResult {
+    let s: Status = client.get("/v1/status")?;
+    print(&s, json);
+    Ok(0)
+}
+
+pub fn toggle(client: &Client, json: bool, enable: bool) -> CmdResult {
+    let path = if enable { "/v1/enable" } else { "/v1/disable" };
+    let s: Status = client.post(path, &())?;
+    print(&s, json);
+    Ok(0)
+}
