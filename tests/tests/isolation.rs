@@ -423,6 +423,13 @@ fn sockets_follow_the_task_that_uses_them() {
     // Created on the host, used in c1.
     let s = probe_last(&w.ns, &host, &["socket tcp4", &format!("join-cgroup {c1s}"), "bind 192.0.2.20:7110"]);
     assert_eq!(s.err(), "EADDRNOTAVAIL");
+    // Bound on the host to a non-owned address, then used in c1: cannot connect from it.
+    let s = probe_last(
+        &w.ns,
+        &host,
+        &["socket tcp4", "bind 192.0.2.20:0", &format!("join-cgroup {c1s}"), "connect 198.51.100.1:7112"],
+    );
+    assert_eq!(s.err(), "EADDRNOTAVAIL");
     // Created in c1, used on the host.
     let s = probe_last(&w.ns, &c1, &["socket tcp4", &format!("join-cgroup {hosts}"), "bind 192.0.2.20:7111"]);
     assert_eq!(s.addr(), "192.0.2.20:7111");
