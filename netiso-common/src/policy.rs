@@ -223,14 +223,8 @@ pub fn connect6(
             own,
         )?;
         return Ok(Rewrite {
-            dst: match r.dst {
-                Some(a) => Some(mapped(a)),
-                None => None,
-            },
-            src: match r.src {
-                Some(a) => Some(mapped(a)),
-                None => None,
-            },
+            dst: r.dst.map(mapped),
+            src: r.src.map(mapped),
         });
     }
     // `::` means "this host" and the kernel turns it into ::1 after the hook.
@@ -447,14 +441,15 @@ mod tests {
             Ok(Bind::Rewrite(mapped(c.lo4)))
         );
         for other in ["::1", "2001:db8::20", "::ffff:192.0.2.20", "ff02::1"] {
-            assert_eq!(bind6(&c, &v6(other), &o), Err(Deny::AddrNotAvail), "{other}");
+            assert_eq!(
+                bind6(&c, &v6(other), &o),
+                Err(Deny::AddrNotAvail),
+                "{other}"
+            );
         }
         let (c4, o4) = v4_only();
         assert_eq!(bind6(&c4, &ANY6, &o4), Ok(Bind::Rewrite(mapped(c4.v4))));
-        let none = Container {
-            flags: 0,
-            ..c4
-        };
+        let none = Container { flags: 0, ..c4 };
         assert_eq!(bind6(&none, &ANY6, &o4), Err(Deny::AddrNotAvail));
     }
 
@@ -462,12 +457,21 @@ mod tests {
     fn connect4_contract() {
         let (c, o) = dual();
         let r = connect4(&c, v4("198.51.100.1"), UNBOUND4, &o).unwrap();
-        assert_eq!(r, Rewrite { dst: None, src: Some(c.v4) });
+        assert_eq!(
+            r,
+            Rewrite {
+                dst: None,
+                src: Some(c.v4)
+            }
+        );
         let bound = Bound {
             addr: v4("192.0.2.11"),
             has_port: true,
         };
-        assert_eq!(connect4(&c, v4("198.51.100.1"), bound, &o), Ok(Rewrite::default()));
+        assert_eq!(
+            connect4(&c, v4("198.51.100.1"), bound, &o),
+            Ok(Rewrite::default())
+        );
         let foreign = Bound {
             addr: v4("192.0.2.20"),
             has_port: true,
@@ -485,12 +489,21 @@ mod tests {
             Err(Deny::AddrNotAvail)
         );
         let lo = connect4(&c, LOCALHOST4, UNBOUND4, &o).unwrap();
-        assert_eq!(lo, Rewrite { dst: Some(c.lo4), src: Some(c.lo4) });
+        assert_eq!(
+            lo,
+            Rewrite {
+                dst: Some(c.lo4),
+                src: Some(c.lo4)
+            }
+        );
         assert_eq!(
             connect4(&c, loopback_for(2), UNBOUND4, &o),
             Err(Deny::NetUnreach)
         );
-        assert_eq!(connect4(&c, v4("127.0.0.53"), UNBOUND4, &o), Err(Deny::NetUnreach));
+        assert_eq!(
+            connect4(&c, v4("127.0.0.53"), UNBOUND4, &o),
+            Err(Deny::NetUnreach)
+        );
     }
 
     #[test]
@@ -502,7 +515,10 @@ mod tests {
         assert_eq!(r.src, Some(mapped(c.v4)));
         let r = connect6(&c, &v6("::ffff:127.0.0.1"), UNBOUND6, &o).unwrap();
         assert_eq!(r.dst, Some(mapped(c.lo4)));
-        assert_eq!(connect6(&c, &LOCALHOST6, UNBOUND6, &o), Err(Deny::NetUnreach));
+        assert_eq!(
+            connect6(&c, &LOCALHOST6, UNBOUND6, &o),
+            Err(Deny::NetUnreach)
+        );
         assert_eq!(connect6(&c, &ANY6, UNBOUND6, &o), Err(Deny::NetUnreach));
         let (c4, o4) = v4_only();
         assert_eq!(
@@ -534,7 +550,10 @@ mod tests {
         );
         assert_eq!(
             sendmsg4(&c, LOCALHOST4, 0, &o),
-            Ok(Rewrite { dst: Some(c.lo4), src: Some(c.lo4) })
+            Ok(Rewrite {
+                dst: Some(c.lo4),
+                src: Some(c.lo4)
+            })
         );
         let r = sendmsg6(&c, &v6("2001:db8:1::1"), &ANY6, &o).unwrap();
         assert_eq!(r.src, Some(c.v6));
@@ -553,7 +572,13 @@ mod tests {
         assert!(sock_create(&c, AF_INET, SOCK_DGRAM, IPPROTO_ICMP).is_ok());
         assert!(sock_create(&c, AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6).is_ok());
         // raw, SCTP, MPTCP, UDP-Lite, l2tp
-        for (f, t, p) in [(AF_INET, 3, 255), (AF_INET, 1, 132), (AF_INET, 1, 262), (AF_INET, 2, 136), (AF_INET, 2, 115)] {
+        for (f, t, p) in [
+            (AF_INET, 3, 255),
+            (AF_INET, 1, 132),
+            (AF_INET, 1, 262),
+            (AF_INET, 2, 136),
+            (AF_INET, 2, 115),
+        ] {
             assert_eq!(sock_create(&c, f, t, p), Err(Deny::NotPermitted));
         }
         let raw = Container {

@@ -89,7 +89,7 @@ struct MapOwner(u32);
 impl Ownership for MapOwner {
     #[inline(always)]
     fn owns4(&self, addr: Ip4) -> bool {
-        matches!(unsafe { OWNED4.get(&addr) }, Some(id) if *id == self.0)
+        matches!(unsafe { OWNED4.get(addr) }, Some(id) if *id == self.0)
     }
     #[inline(always)]
     fn owns6(&self, addr: &Ip6) -> bool {
@@ -122,7 +122,7 @@ fn current_container() -> Option<Container> {
         if id == 0 {
             break;
         }
-        if let Some(c) = unsafe { CONTAINERS.get(&id) } {
+        if let Some(c) = unsafe { CONTAINERS.get(id) } {
             return Some(*c);
         }
         i += 1;
@@ -135,7 +135,7 @@ fn count(id: u32, index: usize) {
     if index >= counter::LEN {
         return;
     }
-    if let Some(c) = COUNTERS.get_ptr_mut(&id) {
+    if let Some(c) = COUNTERS.get_ptr_mut(id) {
         // Per-CPU value: no other writer, a plain add is enough.
         unsafe { (*c).v[index] += 1 };
     }

@@ -85,9 +85,7 @@ pub fn resolve(mount: &Path, root: &Path, path: &Path) -> Result<Cgroup, CgroupE
         .map_err(|_| CgroupError::NotCgroup(canon.clone()))?
         .components()
         .count() as u32;
-    let id = fs::metadata(&canon)
-        .map_err(io_err("stat", &canon))?
-        .ino();
+    let id = fs::metadata(&canon).map_err(io_err("stat", &canon))?.ino();
     Ok(Cgroup {
         path: canon,
         id,

@@ -12,7 +12,10 @@ use crate::api::ErrorBody;
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot reach the netiso agent at {path}: {source}. Is `netiso agent` running? (set --socket or NETISO_SOCKET)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to the agent at {path}: {message}")]
     Protocol { path: PathBuf, message: String },
     /// The agent refused the request; `message` is its explanation.
@@ -31,16 +34,27 @@ impl Client {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        Client { socket: socket.to_owned(), rt }
+        Client {
+            socket: socket.to_owned(),
+            rt,
+        }
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>)
     }
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.call(Method::POST, path, Some(body))
     }
-    pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.call(Method::PUT, path, Some(body))
     }
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
@@ -50,21 +64,33 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>)
     }
 
-    fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+    fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("request serializes"));
         let bytes = self.raw(method, path, body)?;
-        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unexpected response: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.protocol(format!("unexpected response: {e}")))
     }
 
     fn protocol(&self, message: String) -> ClientError {
-        ClientError::Protocol { path: self.socket.clone(), message }
+        ClientError::Protocol {
+            path: self.socket.clone(),
+            message,
+        }
     }
 
     fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ClientError> {
         self.rt.block_on(async {
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await
-                .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| self.protocol(e.to_string()))?;
@@ -76,7 +102,10 @@ impl Client {
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))
                 .expect("valid request");
-            let resp = sender.send_request(req).await.map_err(|e| self.protocol(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| self.protocol(e.to_string()))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()

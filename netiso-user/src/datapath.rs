@@ -14,9 +14,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuHashMap},
-    programs::{
-        Program, ProgramError,
-    },
+    programs::{Program, ProgramError},
     Ebpf, EbpfError, EbpfLoader,
 };
 use log::{debug, info};
@@ -112,7 +110,9 @@ pub fn ip4_raw(ip: std::net::Ipv4Addr) -> Ip4 {
 
 pub fn ip6_raw(ip: std::net::Ipv6Addr) -> Ip6 {
     let o = ip.octets();
-    core::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]))
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
+    })
 }
 
 /// The kernel's view of a container: flags and primary addresses (first of each family).
@@ -203,7 +203,9 @@ impl Datapath {
         let m = self.ebpf.map_mut(maps::CONFIG).expect("CONFIG map");
         Array::try_from(m).map_err(map_err("CONFIG"))
     }
-    fn counters_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>, DatapathError> {
+    fn counters_map(
+        &mut self,
+    ) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>, DatapathError> {
         let m = self.ebpf.map_mut(maps::COUNTERS).expect("COUNTERS map");
         PerCpuHashMap::try_from(m).map_err(map_err("COUNTERS"))
     }
@@ -233,11 +235,15 @@ impl Datapath {
         let old_min = cfg.get(&config::MIN_LEVEL, 0).map_err(map_err("CONFIG"))?;
         let old_max = cfg.get(&config::MAX_LEVEL, 0).map_err(map_err("CONFIG"))?;
         if old_max != 0 {
-            cfg.set(config::MIN_LEVEL, min.min(old_min), 0).map_err(map_err("CONFIG"))?;
-            cfg.set(config::MAX_LEVEL, max.max(old_max), 0).map_err(map_err("CONFIG"))?;
+            cfg.set(config::MIN_LEVEL, min.min(old_min), 0)
+                .map_err(map_err("CONFIG"))?;
+            cfg.set(config::MAX_LEVEL, max.max(old_max), 0)
+                .map_err(map_err("CONFIG"))?;
         }
-        cfg.set(config::MIN_LEVEL, min, 0).map_err(map_err("CONFIG"))?;
-        cfg.set(config::MAX_LEVEL, max, 0).map_err(map_err("CONFIG"))
+        cfg.set(config::MIN_LEVEL, min, 0)
+            .map_err(map_err("CONFIG"))?;
+        cfg.set(config::MAX_LEVEL, max, 0)
+            .map_err(map_err("CONFIG"))
     }
 
     /// Registers (or updates) a container: addresses first, the cgroup entry last, so the
@@ -250,18 +256,22 @@ impl Datapath {
         if counters.get(&spec.id, 0).is_err() {
             let zero = aya::maps::PerCpuValues::try_from(vec![
                 Counters::default();
-                aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io {
-                    what: "counting",
-                    path: "/sys/devices/system/cpu/possible".into(),
-                    source: e,
-                })?
+                aya::util::nr_cpus().map_err(
+                    |(_, e)| DatapathError::Io {
+                        what: "counting",
+                        path: "/sys/devices/system/cpu/possible".into(),
+                        source: e,
+                    }
+                )?
             ])
             .map_err(|e| DatapathError::Io {
                 what: "allocating counters for",
                 path: PathBuf::from(format!("container {}", spec.id)),
                 source: e,
             })?;
-            counters.insert(spec.id, zero, 0).map_err(map_err("COUNTERS"))?;
+            counters
+                .insert(spec.id, zero, 0)
+                .map_err(map_err("COUNTERS"))?;
         }
         let value = container_value(spec);
         self.containers()?
@@ -272,7 +282,8 @@ impl Datapath {
     /// Removes a container: the cgroup entry first (its processes pass through from then on),
     /// then its addresses and counters.
     pub fn unregister(&mut self, spec: &ContainerSpec) -> Result<(), DatapathError> {
-        ignore_missing(self.containers()?.remove(&spec.cgroup_id)).map_err(map_err("CONTAINERS"))?;
+        ignore_missing(self.containers()?.remove(&spec.cgroup_id))
+            .map_err(map_err("CONTAINERS"))?;
         for ip in &spec.ips {
             self.revoke(*ip)?;
         }
@@ -282,16 +293,26 @@ impl Datapath {
     /// Records that container `id` owns `ip`.
     pub fn grant(&mut self, ip: IpAddr, id: u32) -> Result<(), DatapathError> {
         match ip {
-            IpAddr::V4(a) => self.owned4()?.insert(ip4_raw(a), id, 0).map_err(map_err("OWNED4")),
-            IpAddr::V6(a) => self.owned6()?.insert(ip6_raw(a), id, 0).map_err(map_err("OWNED6")),
+            IpAddr::V4(a) => self
+                .owned4()?
+                .insert(ip4_raw(a), id, 0)
+                .map_err(map_err("OWNED4")),
+            IpAddr::V6(a) => self
+                .owned6()?
+                .insert(ip6_raw(a), id, 0)
+                .map_err(map_err("OWNED6")),
         }
     }
 
     /// Forgets the owner of `ip`.
     pub fn revoke(&mut self, ip: IpAddr) -> Result<(), DatapathError> {
         match ip {
-            IpAddr::V4(a) => ignore_missing(self.owned4()?.remove(&ip4_raw(a))).map_err(map_err("OWNED4")),
-            IpAddr::V6(a) => ignore_missing(self.owned6()?.remove(&ip6_raw(a))).map_err(map_err("OWNED6")),
+            IpAddr::V4(a) => {
+                ignore_missing(self.owned4()?.remove(&ip4_raw(a))).map_err(map_err("OWNED4"))
+            }
+            IpAddr::V6(a) => {
+                ignore_missing(self.owned6()?.remove(&ip6_raw(a))).map_err(map_err("OWNED6"))
+            }
         }
     }
 
@@ -307,22 +328,51 @@ impl Datapath {
         self.set_levels(specs.clone())?;
         let cgroups: Vec<u64> = specs.clone().into_iter().map(|s| s.cgroup_id).collect();
         let ids: Vec<u32> = specs.clone().into_iter().map(|s| s.id).collect();
-        let ips: Vec<IpAddr> = specs.into_iter().flat_map(|s| s.ips.iter().copied()).collect();
+        let ips: Vec<IpAddr> = specs
+            .into_iter()
+            .flat_map(|s| s.ips.iter().copied())
+            .collect();
 
-        let stale: Vec<u64> = self.containers()?.keys().filter_map(Result::ok).filter(|k| !cgroups.contains(k)).collect();
+        let stale: Vec<u64> = self
+            .containers()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !cgroups.contains(k))
+            .collect();
         for k in stale {
             info!("removing stale container entry for cgroup id {k}");
             ignore_missing(self.containers()?.remove(&k)).map_err(map_err("CONTAINERS"))?;
         }
-        let stale4: Vec<Ip4> = self.owned4()?.keys().filter_map(Result::ok).filter(|k| !ips.iter().any(|ip| matches!(ip, IpAddr::V4(a) if ip4_raw(*a) == *k))).collect();
+        let stale4: Vec<Ip4> = self
+            .owned4()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !ips.iter()
+                    .any(|ip| matches!(ip, IpAddr::V4(a) if ip4_raw(*a) == *k))
+            })
+            .collect();
         for k in stale4 {
             ignore_missing(self.owned4()?.remove(&k)).map_err(map_err("OWNED4"))?;
         }
-        let stale6: Vec<Ip6> = self.owned6()?.keys().filter_map(Result::ok).filter(|k| !ips.iter().any(|ip| matches!(ip, IpAddr::V6(a) if ip6_raw(*a) == *k))).collect();
+        let stale6: Vec<Ip6> = self
+            .owned6()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !ips.iter()
+                    .any(|ip| matches!(ip, IpAddr::V6(a) if ip6_raw(*a) == *k))
+            })
+            .collect();
         for k in stale6 {
             ignore_missing(self.owned6()?.remove(&k)).map_err(map_err("OWNED6"))?;
         }
-        let stale_ids: Vec<u32> = self.counters_map()?.keys().filter_map(Result::ok).filter(|k| !ids.contains(k)).collect();
+        let stale_ids: Vec<u32> = self
+            .counters_map()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ids.contains(k))
+            .collect();
         for k in stale_ids {
             ignore_missing(self.counters_map()?.remove(&k)).map_err(map_err("COUNTERS"))?;
         }
@@ -414,4 +464,3 @@ fn adopt(name: &str, prog: std::os::fd::BorrowedFd<'_>, pin: &Path) -> Result<bo
     info!("adopted pinned link for {name}, program replaced atomically");
     Ok(true)
 }
-

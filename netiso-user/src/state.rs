@@ -73,11 +73,10 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
             Err(source) => return Err(StateError::Read { path, source }),
         };
-        let state: State =
-            serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-                path: path.clone(),
-                source,
-            })?;
+        let state: State = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
         if state.version != STATE_VERSION {
             return Err(StateError::Version {
                 path,
@@ -101,7 +100,9 @@ impl State {
         f.write_all(&json).map_err(err)?;
         f.sync_all().map_err(err)?;
         fs::rename(&tmp, &path).map_err(err)?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         Ok(())
     }
 

@@ -53,7 +53,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// Whether `path` lives on a bpffs mount.
 pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
@@ -61,7 +61,11 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// Attaches `prog` to the cgroup `target` as a bpf link (multi-attach, composes with others).
-pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 16];
     // struct { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; }
     attr[0] = (prog.as_raw_fd() as u32 as u64) | ((target.as_raw_fd() as u32 as u64) << 32);

@@ -32,7 +32,10 @@ pub fn run() -> Result<()> {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -43,28 +46,53 @@ fn nightly_vv() -> Result<String> {
 
 fn nightly() -> Result<String> {
     if Command::new("rustup").arg("--version").output().is_err() {
-        bail!("rustup is not installed; install it from your distribution or rustup.rs, then rerun");
+        bail!(
+            "rustup is not installed; install it from your distribution or rustup.rs, then rerun"
+        );
     }
     if let Ok(v) = nightly_vv() {
-        return Ok(format!("present ({})", v.lines().next().unwrap_or("").trim()));
+        return Ok(format!(
+            "present ({})",
+            v.lines().next().unwrap_or("").trim()
+        ));
     }
-    output(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    output(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))?;
     Ok("installed".into())
 }
 
 fn rust_src() -> Result<String> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok("present".into());
     }
-    output(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    output(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))?;
     Ok("installed".into())
 }
 
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
 }
 
 /// bpf-linker must link against the same LLVM as the nightly that compiles the eBPF crate,
@@ -80,13 +108,19 @@ fn bpf_linker() -> Result<String> {
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .ok_or_else(|| anyhow!("`rustc +nightly -vV` reports no LLVM version"))?;
     let major = llvm.split('.').next().unwrap_or_default().trim().to_owned();
-    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
     let libdir = Path::new(sysroot.trim()).join("lib");
     let lib = fs::read_dir(&libdir)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
-        .ok_or_else(|| anyhow!("no libLLVM in {}; is the nightly complete?", libdir.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "no libLLVM in {}; is the nightly complete?",
+                libdir.display()
+            )
+        })?;
     // A persistent prefix (bpf-linker's RUNPATH points into it) with the two names it links by.
     let prefix = cargo_home().join("netiso-llvm").join(&lib);
     let plib = prefix.join("lib");
@@ -98,7 +132,13 @@ fn bpf_linker() -> Result<String> {
     }
     eprintln!("bootstrap: bpf-linker   building {BPF_LINKER_VERSION} against the nightly's LLVM {llvm} (about a minute)");
     let status = Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major}")])
         .arg("--root")
         .arg(cargo_home())
@@ -116,7 +156,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 fn bpffs() -> Result<String> {
     let is_bpf = |p: &str| {
         nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false)
     };
     if is_bpf("/sys/fs/bpf") {

@@ -40,7 +40,8 @@ fn cgroup2_mount() -> Result<PathBuf> {
     info.lines()
         .find_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
         })
         .context("no cgroup v2 mount found")
 }
@@ -56,7 +57,11 @@ fn sh(cmd: &mut Command) -> Result<()> {
 /// Runs `netiso ARGS` against the demo agent, echoing the command and its output.
 fn netiso(p: &Paths, args: &[&str]) -> Result<()> {
     cmd_line(&[&["netiso"], args].concat());
-    let out = Command::new(&p.bin).arg("--socket").arg(&p.socket).args(args).output()?;
+    let out = Command::new(&p.bin)
+        .arg("--socket")
+        .arg(&p.socket)
+        .args(args)
+        .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
@@ -67,7 +72,10 @@ fn netiso(p: &Paths, args: &[&str]) -> Result<()> {
 
 fn teardown() {
     for mut c in CHILDREN.lock().unwrap().drain(..).rev() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
@@ -77,14 +85,32 @@ fn teardown() {
     }
     let bin = crate::workspace_root().join("target/debug/netiso");
     let _ = Command::new(bin)
-        .args(["agent", "--cleanup", "--bpffs", BPFFS, "--state-dir", &format!("{TMP}/state"), "--socket", &format!("{TMP}/netiso.sock")])
-        .args(CGROUP_ROOT.lock().unwrap().iter().flat_map(|r| ["--cgroup-root".into(), r.display().to_string()]))
+        .args([
+            "agent",
+            "--cleanup",
+            "--bpffs",
+            BPFFS,
+            "--state-dir",
+            &format!("{TMP}/state"),
+            "--socket",
+            &format!("{TMP}/netiso.sock"),
+        ])
+        .args(
+            CGROUP_ROOT
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| ["--cgroup-root".into(), r.display().to_string()]),
+        )
         .stderr(Stdio::null())
         .status();
     if let Some(root) = CGROUP_ROOT.lock().unwrap().take() {
         remove_cgroup(&root);
     }
-    let _ = Command::new("ip").args(["netns", "del", NETNS]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", NETNS])
+        .stderr(Stdio::null())
+        .status();
     let _ = fs::remove_dir_all(TMP);
 }
 
@@ -128,12 +154,37 @@ fn spawn(cmd: &mut Command) -> Result<()> {
 /// Starts `netiso run` with a server that answers every connection with `text`; returns once
 /// the server is listening, with the address it got.
 fn start_server(p: &Paths, name: &str, ip: &str, text: &str) -> Result<String> {
-    let args = ["run", "--name", name, "--ip", ip, "--", "netiso-probe", "socket tcp4", "bind 0.0.0.0:8080", "listen", &format!("serve {text}")];
-    cmd_line(&[&["netiso"], &args[..5], &["--", "<server: bind 0.0.0.0:8080, listen>"]].concat());
+    let args = [
+        "run",
+        "--name",
+        name,
+        "--ip",
+        ip,
+        "--",
+        "netiso-probe",
+        "socket tcp4",
+        "bind 0.0.0.0:8080",
+        "listen",
+        &format!("serve {text}"),
+    ];
+    cmd_line(
+        &[
+            &["netiso"],
+            &args[..5],
+            &["--", "<server: bind 0.0.0.0:8080, listen>"],
+        ]
+        .concat(),
+    );
     let mut child = Command::new(&p.bin)
         .arg("--socket")
         .arg(&p.socket)
-        .args(args.iter().map(|a| if *a == "netiso-probe" { p.probe.to_str().unwrap() } else { a }))
+        .args(args.iter().map(|a| {
+            if *a == "netiso-probe" {
+                p.probe.to_str().unwrap()
+            } else {
+                a
+            }
+        }))
         .stdout(Stdio::piped())
         .spawn()?;
     let out = child.stdout.take().unwrap();
@@ -182,7 +233,9 @@ fn tour() -> Result<()> {
 
     say("Setting the stage");
     println!("A network namespace `{NETNS}` with three addresses on lo (documentation ranges):");
-    println!("  192.0.2.10 for container web-a, 192.0.2.20 for web-b, 198.51.100.1 for a host service.");
+    println!(
+        "  192.0.2.10 for container web-a, 192.0.2.20 for web-b, 198.51.100.1 for a host service."
+    );
     sh(Command::new("ip").args(["netns", "add", NETNS]))?;
     sh(Command::new("ip").args(["-n", NETNS, "link", "set", "lo", "up"]))?;
     for a in ["192.0.2.10/32", "192.0.2.20/32", "198.51.100.1/32"] {
@@ -190,11 +243,23 @@ fn tour() -> Result<()> {
     }
     // Everything below runs in the namespace (children inherit it); we are single-threaded here.
     let ns = fs::File::open(format!("/run/netns/{NETNS}"))?;
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the demo namespace")?;
-    println!("A cgroup subtree {} for the agent to govern.", p.cgroup_root.display());
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the demo namespace")?;
+    println!(
+        "A cgroup subtree {} for the agent to govern.",
+        p.cgroup_root.display()
+    );
 
     say("Starting the agent");
-    let agent_args = ["agent", "--cgroup-root", cgroup_root.to_str().unwrap(), "--bpffs", BPFFS, "--state-dir", &format!("{TMP}/state")];
+    let agent_args = [
+        "agent",
+        "--cgroup-root",
+        cgroup_root.to_str().unwrap(),
+        "--bpffs",
+        BPFFS,
+        "--state-dir",
+        &format!("{TMP}/state"),
+    ];
     cmd_line(&[&["netiso"], &agent_args[..]].concat());
     let log = fs::File::create(format!("{TMP}/agent.log"))?;
     spawn(
@@ -206,9 +271,20 @@ fn tour() -> Result<()> {
             .stderr(log),
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Command::new(&p.bin).arg("--socket").arg(&p.socket).arg("status").output()?.status.code() != Some(0) {
+    while Command::new(&p.bin)
+        .arg("--socket")
+        .arg(&p.socket)
+        .arg("status")
+        .output()?
+        .status
+        .code()
+        != Some(0)
+    {
         if Instant::now() > deadline {
-            bail!("agent did not start:\n{}", fs::read_to_string(format!("{TMP}/agent.log"))?);
+            bail!(
+                "agent did not start:\n{}",
+                fs::read_to_string(format!("{TMP}/agent.log"))?
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -230,9 +306,19 @@ fn tour() -> Result<()> {
         .arg(&web_a)
         .args(["socket tcp4", "bind 192.0.2.20:9090"])
         .output()?;
-    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_owned();
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
-    println!("  inside web-a: bind(192.0.2.20:9090) -> {}", v["errno"].as_str().map(|e| format!("refused with {e}")).unwrap_or_else(|| format!("{v}")));
+    println!(
+        "  inside web-a: bind(192.0.2.20:9090) -> {}",
+        v["errno"]
+            .as_str()
+            .map(|e| format!("refused with {e}"))
+            .unwrap_or_else(|| format!("{v}"))
+    );
 
     say("Outgoing connections leave from the container's own address");
     let listener = TcpListener::bind("198.51.100.1:9000")?;

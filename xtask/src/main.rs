@@ -31,8 +31,12 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Bootstrap => bootstrap::run(),
         Cmd::Build => bootstrap::run().and_then(|()| build()),
-        Cmd::Test => bootstrap::run().and_then(|()| build()).and_then(|()| test()),
-        Cmd::Demo => bootstrap::run().and_then(|()| build()).and_then(|()| demo::run()),
+        Cmd::Test => bootstrap::run()
+            .and_then(|()| build())
+            .and_then(|()| test()),
+        Cmd::Demo => bootstrap::run()
+            .and_then(|()| build())
+            .and_then(|()| demo::run()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,7 +61,10 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn build() -> Result<()> {

@@ -41,7 +41,10 @@ pub fn router(service: Shared) -> Router {
         .with_state(service)
 }
 
-pub async fn serve(listener: std::os::unix::net::UnixListener, service: Shared) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    service: Shared,
+) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
     axum::serve(listener, router(service))
         .with_graceful_shutdown(async {

@@ -64,33 +64,56 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(m: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: m.into() }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: m.into(),
+        }
     }
     pub fn not_found(m: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, message: m.into() }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: m.into(),
+        }
     }
     pub fn conflict(m: impl Into<String>) -> Self {
-        Self { status: StatusCode::CONFLICT, message: m.into() }
+        Self {
+            status: StatusCode::CONFLICT,
+            message: m.into(),
+        }
     }
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
 fn resolve_root(opts: &AgentOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
     let mount = cgroup::mount_point()?;
     let root = match &opts.cgroup_root {
-        Some(r) => fs::canonicalize(r).with_context(|| format!("cgroup root {} does not exist", r.display()))?,
+        Some(r) => fs::canonicalize(r)
+            .with_context(|| format!("cgroup root {} does not exist", r.display()))?,
         None => mount.clone(),
     };
     if !root.starts_with(&mount) || !root.join("cgroup.procs").exists() {
-        bail!("cgroup root {} is not a cgroup v2 directory (cgroup2 is mounted at {})", root.display(), mount.display());
+        bail!(
+            "cgroup root {} is not a cgroup v2 directory (cgroup2 is mounted at {})",
+            root.display(),
+            mount.display()
+        );
     }
     Ok((mount, root))
 }
@@ -114,9 +137,14 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listener = bind_socket(&opts.socket)?;
     info!(
         "netiso agent ready: cgroup root {}, pins {}, state {}, API on {}",
-        root.display(), opts.bpffs.display(), opts.state_dir.display(), opts.socket.display()
+        root.display(),
+        opts.bpffs.display(),
+        opts.state_dir.display(),
+        opts.socket.display()
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(http::serve(listener, Arc::new(Mutex::new(service))));
     let _ = fs::remove_file(&opts.socket);
     info!("agent stopped; the pinned programs keep enforcing");
@@ -129,9 +157,13 @@ fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> 
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another agent already serves {}; stop it or pick another --socket", path.display());
+            bail!(
+                "another agent already serves {}; stop it or pick another --socket",
+                path.display()
+            );
         }
-        fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let l = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("binding API socket {}", path.display()))?;
@@ -149,8 +181,15 @@ pub fn cleanup(opts: AgentOptions) -> anyhow::Result<()> {
     });
     let removed = Datapath::remove_pins(&opts.bpffs)
         .with_context(|| format!("removing pins under {}", opts.bpffs.display()))?;
-    eprintln!("removed {} pinned object(s) under {}", removed.len(), opts.bpffs.display());
-    let root = state.cgroup_root.clone().or_else(|| resolve_root(&opts).ok().map(|(_, r)| r));
+    eprintln!(
+        "removed {} pinned object(s) under {}",
+        removed.len(),
+        opts.bpffs.display()
+    );
+    let root = state
+        .cgroup_root
+        .clone()
+        .or_else(|| resolve_root(&opts).ok().map(|(_, r)| r));
     if let Some(root) = root {
         let run_dir = root.join(RUN_CGROUP_DIR);
         if run_dir.exists() {

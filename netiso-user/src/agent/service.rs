@@ -38,7 +38,10 @@ impl Service {
         for (name, spec) in state.containers.iter_mut() {
             match cgroup::resolve(&mount, &root, &spec.cgroup) {
                 Ok(cg) if cg.id != spec.cgroup_id => {
-                    warn!("container {name}: cgroup {} was recreated, following it", spec.cgroup.display());
+                    warn!(
+                        "container {name}: cgroup {} was recreated, following it",
+                        spec.cgroup.display()
+                    );
                     spec.cgroup_id = cg.id;
                     spec.cgroup_level = cg.level;
                 }
@@ -93,7 +96,9 @@ impl Service {
     }
 
     pub fn set_enabled(&mut self, enabled: bool) -> Result<Status, ApiError> {
-        self.datapath.set_enabled(enabled).map_err(ApiError::internal)?;
+        self.datapath
+            .set_enabled(enabled)
+            .map_err(ApiError::internal)?;
         let mut next = self.state.clone();
         next.enabled = enabled;
         self.commit(next, |dp, old| Ok(dp.set_enabled(old.enabled)?))?;
@@ -162,11 +167,15 @@ impl Service {
             )));
         }
         if req.ips.is_empty() {
-            return Err(ApiError::bad_request("a container needs at least one address (--ip)"));
+            return Err(ApiError::bad_request(
+                "a container needs at least one address (--ip)",
+            ));
         }
         for (i, ip) in req.ips.iter().enumerate() {
             if req.ips[..i].contains(ip) {
-                return Err(ApiError::bad_request(format!("address {ip} is given twice")));
+                return Err(ApiError::bad_request(format!(
+                    "address {ip} is given twice"
+                )));
             }
             self.check_ip_free(ip, None)?;
         }
@@ -213,13 +222,19 @@ impl Service {
             dp.unregister(&undo_spec)?;
             Ok(dp.set_levels(old.containers.values())?)
         })?;
-        info!("registered container {} ({})", req.name, spec.cgroup.display());
+        info!(
+            "registered container {} ({})",
+            req.name,
+            spec.cgroup.display()
+        );
         self.show(&req.name)
     }
 
     pub fn remove(&mut self, name: &str) -> Result<(), ApiError> {
         let spec = self.spec(name)?.clone();
-        self.datapath.unregister(&spec).map_err(ApiError::internal)?;
+        self.datapath
+            .unregister(&spec)
+            .map_err(ApiError::internal)?;
         let mut next = self.state.clone();
         next.containers.remove(name);
         self.datapath
@@ -248,7 +263,12 @@ impl Service {
         }
         let mut next = self.state.clone();
         next.containers.insert(name.to_owned(), new.clone());
-        let added: Vec<IpAddr> = new.ips.iter().filter(|ip| !old.ips.contains(ip)).copied().collect();
+        let added: Vec<IpAddr> = new
+            .ips
+            .iter()
+            .filter(|ip| !old.ips.contains(ip))
+            .copied()
+            .collect();
         self.commit(next, move |dp, _| {
             for ip in added {
                 dp.revoke(ip)?;
@@ -276,7 +296,9 @@ impl Service {
     pub fn remove_ip(&mut self, name: &str, ip: IpAddr) -> Result<ContainerInfo, ApiError> {
         let mut spec = self.spec(name)?.clone();
         if !spec.ips.contains(&ip) {
-            return Err(ApiError::not_found(format!("container {name:?} does not own {ip}")));
+            return Err(ApiError::not_found(format!(
+                "container {name:?} does not own {ip}"
+            )));
         }
         if spec.ips.len() == 1 {
             return Err(ApiError::conflict(format!(
@@ -314,17 +336,23 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 pub fn validate_ip(ip: &IpAddr) -> Result<(), ApiError> {
     let why = match ip {
         IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address (each container gets a private 127.x loopback)"),
+        IpAddr::V4(a) if a.is_loopback() => {
+            Some("a loopback address (each container gets a private 127.x loopback)")
+        }
         IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
         IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
         IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
         IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
         IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => Some("a v4-mapped address (give the IPv4 form)"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("a v4-mapped address (give the IPv4 form)")
+        }
         _ => None,
     };
     match why {
-        Some(w) => Err(ApiError::bad_request(format!("{ip} cannot be owned by a container: it is {w}"))),
+        Some(w) => Err(ApiError::bad_request(format!(
+            "{ip} cannot be owned by a container: it is {w}"
+        ))),
         None => Ok(()),
     }
 }
@@ -346,7 +374,16 @@ mod tests {
         for ok in ["192.0.2.1", "2001:db8::1"] {
             assert!(validate_ip(&ok.parse().unwrap()).is_ok(), "{ok}");
         }
-        for bad in ["0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255", "::", "::1", "ff02::1", "::ffff:192.0.2.1"] {
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::1",
+            "::ffff:192.0.2.1",
+        ] {
             assert!(validate_ip(&bad.parse().unwrap()).is_err(), "{bad}");
         }
     }

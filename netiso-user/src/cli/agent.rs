@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::CmdResult;
-use crate::agent::{self, AgentOptions, ConfigFile, DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use crate::agent::{
+    self, AgentOptions, ConfigFile, DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -40,8 +42,16 @@ pub fn run(args: &AgentArgs, socket_flag: &Path) -> CmdResult {
     };
     let opts = AgentOptions {
         cgroup_root: args.cgroup_root.clone().or(file.cgroup_root),
-        bpffs: args.bpffs.clone().or(file.bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
-        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        bpffs: args
+            .bpffs
+            .clone()
+            .or(file.bpffs)
+            .unwrap_or_else(|| DEFAULT_BPFFS.into()),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         socket,
     };
     if args.cleanup {

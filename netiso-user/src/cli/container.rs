@@ -8,7 +8,11 @@ use crate::{
 };
 
 fn ips(c: &ContainerInfo) -> String {
-    c.ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",")
+    c.ips
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn print_one(c: &ContainerInfo, json: bool) {
@@ -18,11 +22,25 @@ fn print_one(c: &ContainerInfo, json: bool) {
     let mut pairs = vec![
         ("name", c.name.clone()),
         ("id", c.id.to_string()),
-        ("cgroup", format!("{}{}", c.cgroup.display(), if c.cgroup_present { "" } else { " (missing)" })),
+        (
+            "cgroup",
+            format!(
+                "{}{}",
+                c.cgroup.display(),
+                if c.cgroup_present { "" } else { " (missing)" }
+            ),
+        ),
         ("addresses", ips(c)),
         ("loopback", format!("{} (127.0.0.1 inside)", c.loopback)),
         ("mode", c.mode.to_string()),
-        ("allow-raw", if c.allow_raw { "yes (weakened isolation)".into() } else { "no".into() }),
+        (
+            "allow-raw",
+            if c.allow_raw {
+                "yes (weakened isolation)".into()
+            } else {
+                "no".into()
+            },
+        ),
     ];
     for (k, v) in &c.counters {
         pairs.push((k.as_str(), v.to_string()));
@@ -35,7 +53,11 @@ fn print_list(list: &[ContainerInfo], json: bool) {
         return output::json(&list);
     }
     let refused = |c: &ContainerInfo| -> u64 {
-        c.counters.iter().filter(|(k, _)| k.ends_with("_refused")).map(|(_, v)| v).sum()
+        c.counters
+            .iter()
+            .filter(|(k, _)| k.ends_with("_refused"))
+            .map(|(_, v)| v)
+            .sum()
     };
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -44,14 +66,33 @@ fn print_list(list: &[ContainerInfo], json: bool) {
                 c.name.clone(),
                 ips(c),
                 c.mode.to_string(),
-                if c.allow_raw { "yes".into() } else { "no".into() },
+                if c.allow_raw {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
                 refused(c).to_string(),
                 c.counters.get("audited").copied().unwrap_or(0).to_string(),
-                format!("{}{}", c.cgroup.display(), if c.cgroup_present { "" } else { " (missing)" }),
+                format!(
+                    "{}{}",
+                    c.cgroup.display(),
+                    if c.cgroup_present { "" } else { " (missing)" }
+                ),
             ]
         })
         .collect();
-    output::table(&["NAME", "ADDRESSES", "MODE", "RAW", "REFUSED", "AUDITED", "CGROUP"], &rows);
+    output::table(
+        &[
+            "NAME",
+            "ADDRESSES",
+            "MODE",
+            "RAW",
+            "REFUSED",
+            "AUDITED",
+            "CGROUP",
+        ],
+        &rows,
+    );
 }
 
 fn path(name: &str) -> String {
@@ -89,15 +130,18 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
             print_one(&c, json);
         }
         ContainerCmd::Mode { name, mode } => {
-            let c: ContainerInfo = client.put(&format!("{}/mode", path(name)), &SetMode { mode: *mode })?;
+            let c: ContainerInfo =
+                client.put(&format!("{}/mode", path(name)), &SetMode { mode: *mode })?;
             print_one(&c, json);
         }
         ContainerCmd::Ip(IpCmd::Add { name, addr }) => {
-            let c: ContainerInfo = client.post(&format!("{}/ips", path(name)), &AddIp { ip: *addr })?;
+            let c: ContainerInfo =
+                client.post(&format!("{}/ips", path(name)), &AddIp { ip: *addr })?;
             print_one(&c, json);
         }
         ContainerCmd::Ip(IpCmd::Rm { name, addr }) => {
-            let c: ContainerInfo = client.delete_returning(&format!("{}/ips/{addr}", path(name)))?;
+            let c: ContainerInfo =
+                client.delete_returning(&format!("{}/ips/{addr}", path(name)))?;
             print_one(&c, json);
         }
     }

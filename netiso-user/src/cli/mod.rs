@@ -140,7 +140,11 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
-    let default_level = if matches!(cli.command, Command::Agent(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Agent(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_target(false)
         .init();

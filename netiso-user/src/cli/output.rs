@@ -3,7 +3,10 @@ use serde::Serialize;
 
 /// Prints `value` as pretty JSON.
 pub fn json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
 }
 
 /// Prints rows under headers with columns padded to their widest cell.

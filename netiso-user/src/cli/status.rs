@@ -7,7 +7,14 @@ fn print(s: &Status, json: bool) {
         return output::json(s);
     }
     output::fields(&[
-        ("enforcement", if s.enabled { "enabled".into() } else { "DISABLED (all hooks pass through)".into() }),
+        (
+            "enforcement",
+            if s.enabled {
+                "enabled".into()
+            } else {
+                "DISABLED (all hooks pass through)".into()
+            },
+        ),
         ("containers", s.containers.to_string()),
         ("cgroup root", s.cgroup_root.display().to_string()),
         ("pins", s.bpffs.display().to_string()),
