@@ -141,6 +141,16 @@ fn count(id: u32, index: usize) {
     }
 }
 
+/// Every hook: pass through when the calling task is in no container (or netiso is disabled),
+/// otherwise decide with `try_*` and turn the result into the verdict.
+#[inline(always)]
+fn run<C>(ctx: &C, hook: Hook, try_hook: fn(&C, &Container) -> Result<Outcome, Deny>) -> i32 {
+    match current_container() {
+        None => ALLOW,
+        Some(c) => finish(&c, hook, try_hook(ctx, &c)),
+    }
+}
+
 /// The one place that turns a decision into a verdict. Audit mode allows what enforce mode
 /// would refuse and counts it; `try_*` never rewrites anything for an audited container.
 #[inline(always)]
@@ -252,10 +262,7 @@ fn bind_src6(ctx: &SockAddrContext, addr: &Ip6) -> Result<(), Deny> {
 
 #[cgroup_sock_addr(bind4)]
 pub fn bind4(ctx: SockAddrContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, BIND, try_bind4(&ctx, &c)),
-    }
+    run(&ctx, BIND, try_bind4)
 }
 
 fn try_bind4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -272,10 +279,7 @@ fn try_bind4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(bind6)]
 pub fn bind6(ctx: SockAddrContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, BIND, try_bind6(&ctx, &c)),
-    }
+    run(&ctx, BIND, try_bind6)
 }
 
 fn try_bind6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -294,10 +298,7 @@ fn try_bind6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, CONNECT, try_connect4(&ctx, &c)),
-    }
+    run(&ctx, CONNECT, try_connect4)
 }
 
 fn try_connect4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -314,10 +315,7 @@ fn try_connect4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, CONNECT, try_connect6(&ctx, &c)),
-    }
+    run(&ctx, CONNECT, try_connect6)
 }
 
 fn try_connect6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -386,10 +384,7 @@ fn apply6(
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, SENDMSG, try_sendmsg4(&ctx, &c)),
-    }
+    run(&ctx, SENDMSG, try_sendmsg4)
 }
 
 fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -402,10 +397,7 @@ fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, SENDMSG, try_sendmsg6(&ctx, &c)),
-    }
+    run(&ctx, SENDMSG, try_sendmsg6)
 }
 
 fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -420,10 +412,7 @@ fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, SOCKET, try_sock_create(&ctx, &c)),
-    }
+    run(&ctx, SOCKET, try_sock_create)
 }
 
 fn try_sock_create(ctx: &SockContext, c: &Container) -> Result<Outcome, Deny> {
@@ -439,10 +428,7 @@ fn try_sock_create(ctx: &SockContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sockopt(setsockopt)]
 pub fn setsockopt(ctx: SockoptContext) -> i32 {
-    match current_container() {
-        None => ALLOW,
-        Some(c) => finish(&c, SOCKOPT, try_setsockopt(&ctx, &c)),
-    }
+    run(&ctx, SOCKOPT, try_setsockopt)
 }
 
 fn try_setsockopt(ctx: &SockoptContext, c: &Container) -> Result<Outcome, Deny> {
