@@ -35,6 +35,24 @@ impl FromStr for Mode {
     }
 }
 
+/// Checks a container name: 1-64 letters, digits, '-', '_' or '.', not starting with '.'.
+/// Names become URL path segments and cgroup directory names, so nothing else is allowed.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid container name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+}
+
 /// POST /v1/containers
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddContainer {

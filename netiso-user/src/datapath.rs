@@ -31,7 +31,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 
 /// Every program netiso attaches at the cgroup root: ELF function name and kernel attach type
 /// (enum bpf_attach_type).
-pub const PROGRAMS: [(&str, u32); 8] = [
+pub const PROGRAMS: [(&str, u32); 10] = [
     ("sock_create", 2), // BPF_CGROUP_INET_SOCK_CREATE
     ("bind4", 8),       // BPF_CGROUP_INET4_BIND
     ("bind6", 9),       // BPF_CGROUP_INET6_BIND
@@ -40,6 +40,8 @@ pub const PROGRAMS: [(&str, u32); 8] = [
     ("sendmsg4", 14),   // BPF_CGROUP_UDP4_SENDMSG
     ("sendmsg6", 15),   // BPF_CGROUP_UDP6_SENDMSG
     ("setsockopt", 22), // BPF_CGROUP_SETSOCKOPT
+    ("ingress", 0),     // BPF_CGROUP_INET_INGRESS
+    ("egress", 1),      // BPF_CGROUP_INET_EGRESS
 ];
 
 #[derive(Debug, Error)]
@@ -439,6 +441,7 @@ fn attach_or_adopt(
         Program::CgroupSockAddr(p) => p.load(),
         Program::CgroupSock(p) => p.load(),
         Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSkb(p) => p.load(),
         _ => Err(ProgramError::UnexpectedProgramType),
     }
     .map_err(perr)?;

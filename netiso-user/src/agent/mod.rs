@@ -131,10 +131,18 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
             );
         }
     }
-    let datapath = Datapath::open(&opts.bpffs, &root)
-        .with_context(|| format!("setting up the datapath under {}", opts.bpffs.display()))?;
-    let service = Service::start(datapath, state, opts.state_dir.clone(), mount, root.clone())?;
+    // The socket first: an agent that cannot serve must not attach anything.
     let listener = bind_socket(&opts.socket)?;
+    let started = Datapath::open(&opts.bpffs, &root)
+        .with_context(|| format!("setting up the datapath under {}", opts.bpffs.display()))
+        .and_then(|dp| Service::start(dp, state, opts.state_dir.clone(), mount, root.clone()));
+    let service = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&opts.socket);
+            return Err(e);
+        }
+    };
     info!(
         "netiso agent ready: cgroup root {}, pins {}, state {}, API on {}",
         root.display(),

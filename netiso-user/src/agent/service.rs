@@ -316,19 +316,7 @@ impl Service {
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid container name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
-        )))
-    }
+    crate::api::validate_name(name).map_err(ApiError::bad_request)
 }
 
 /// Addresses a container can own: unicast, not loopback (containers get a private one), not

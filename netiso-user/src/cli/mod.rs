@@ -54,18 +54,33 @@ pub enum Command {
     Run(run::RunArgs),
 }
 
+/// Parses a container name (it ends up in API paths and cgroup directory names).
+fn name_arg(s: &str) -> Result<String, String> {
+    crate::api::validate_name(s).map(|()| s.to_owned())
+}
+
 #[derive(Subcommand)]
 pub enum ContainerCmd {
     /// Register an existing cgroup (and all its descendants) as a container owning addresses.
     Add(ContainerAdd),
     /// Unregister a container (its cgroup is left alone).
-    Rm { name: String },
+    Rm {
+        #[arg(value_parser = name_arg)]
+        name: String,
+    },
     /// List containers.
     Ls,
     /// Show one container with its counters.
-    Show { name: String },
+    Show {
+        #[arg(value_parser = name_arg)]
+        name: String,
+    },
     /// Set a container's mode: enforce refuses, audit only counts.
-    Mode { name: String, mode: Mode },
+    Mode {
+        #[arg(value_parser = name_arg)]
+        name: String,
+        mode: Mode,
+    },
     /// Grant or revoke addresses.
     #[command(subcommand)]
     Ip(IpCmd),
@@ -74,14 +89,23 @@ pub enum ContainerCmd {
 #[derive(Subcommand)]
 pub enum IpCmd {
     /// Grant ADDR to container NAME.
-    Add { name: String, addr: IpAddr },
+    Add {
+        #[arg(value_parser = name_arg)]
+        name: String,
+        addr: IpAddr,
+    },
     /// Revoke ADDR from container NAME (not its last address).
-    Rm { name: String, addr: IpAddr },
+    Rm {
+        #[arg(value_parser = name_arg)]
+        name: String,
+        addr: IpAddr,
+    },
 }
 
 #[derive(Args)]
 pub struct ContainerAdd {
     /// Container name (letters, digits, '-', '_', '.').
+    #[arg(value_parser = name_arg)]
     pub name: String,
     /// The container's cgroup v2 directory: absolute, or relative to the cgroup2 mount.
     #[arg(long)]

@@ -24,7 +24,7 @@ use crate::{
 #[derive(Args)]
 pub struct RunArgs {
     /// Container name; its cgroup is <cgroup root>/netiso/NAME.
-    #[arg(long)]
+    #[arg(long, value_parser = super::name_arg)]
     pub name: String,
     #[command(flatten)]
     pub policy: PolicyArgs,
