@@ -92,7 +92,15 @@ pub mod counter {
     pub const SOCKOPT_REFUSED: usize = 10;
     /// Operations enforce mode would have refused, allowed because the container is in audit mode.
     pub const AUDITED: usize = 11;
-    pub const LEN: usize = 12;
+    /// Packets and bytes delivered to / sent by container sockets (packet layer).
+    pub const RX_PACKETS: usize = 12;
+    pub const RX_BYTES: usize = 13;
+    pub const TX_PACKETS: usize = 14;
+    pub const TX_BYTES: usize = 15;
+    /// Packets dropped because their destination (ingress) or source (egress) is not owned.
+    pub const INGRESS_DROPPED: usize = 16;
+    pub const EGRESS_DROPPED: usize = 17;
+    pub const LEN: usize = 18;
     pub const NAMES: [&str; LEN] = [
         "bind_allowed",
         "bind_rewritten",
@@ -106,6 +114,12 @@ pub mod counter {
         "socket_refused",
         "sockopt_refused",
         "audited",
+        "rx_packets",
+        "rx_bytes",
+        "tx_packets",
+        "tx_bytes",
+        "ingress_dropped",
+        "egress_dropped",
     ];
 }
 

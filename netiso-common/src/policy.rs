@@ -341,6 +341,26 @@ pub fn setsockopt(
     }
 }
 
+/// Packet layer: an IPv4 packet of a container socket may only carry an owned address (or the
+/// container's loopback) as its source on egress and as its destination on ingress. This closes
+/// what the socket hooks never see: implicit wildcard binds, raw sockets, passed-in sockets.
+pub fn packet4(c: &Container, local: Ip4, own: &impl Ownership) -> Result<(), Deny> {
+    if local == c.lo4 || own.owns4(local) {
+        Ok(())
+    } else {
+        Err(Deny::AddrNotAvail)
+    }
+}
+
+/// Packet layer for IPv6, see [`packet4`].
+pub fn packet6(_c: &Container, local: &Ip6, own: &impl Ownership) -> Result<(), Deny> {
+    if own.owns6(local) {
+        Ok(())
+    } else {
+        Err(Deny::AddrNotAvail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,6 +606,19 @@ mod tests {
             ..c
         };
         assert!(sock_create(&raw, AF_INET, 3, 255).is_ok());
+    }
+
+    #[test]
+    fn packets_need_an_owned_local_address() {
+        let (c, o) = dual();
+        assert!(packet4(&c, v4("192.0.2.11"), &o).is_ok());
+        assert!(packet4(&c, c.lo4, &o).is_ok());
+        for other in ["192.0.2.20", "127.0.0.1", "255.255.255.255", "0.0.0.0"] {
+            assert!(packet4(&c, v4(other), &o).is_err(), "{other}");
+        }
+        assert!(packet6(&c, &v6("2001:db8::11"), &o).is_ok());
+        assert!(packet6(&c, &v6("2001:db8::20"), &o).is_err());
+        assert!(packet6(&c, &LOCALHOST6, &o).is_err());
     }
 
     #[test]

@@ -9,10 +9,12 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, sockaddr},
-    helpers::{bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_set_retval},
-    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
+    helpers::{
+        bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_set_retval, bpf_skb_ancestor_cgroup_id,
+    },
+    macros::{cgroup_sock, cgroup_sock_addr, cgroup_skb, cgroup_sockopt, map},
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::{SockAddrContext, SockContext, SockoptContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use netiso_common::{
@@ -107,6 +109,12 @@ fn config(index: u32) -> u32 {
 /// every container, which makes every hook pass through.
 #[inline(always)]
 fn current_container() -> Option<Container> {
+    container_of(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
+}
+
+/// The container among the ancestors `ancestor(level)` returns (0 past the deepest level).
+#[inline(always)]
+fn container_of(ancestor: impl Fn(i32) -> u64) -> Option<Container> {
     if config(config::DISABLED) != 0 {
         return None;
     }
@@ -118,7 +126,7 @@ fn current_container() -> Option<Container> {
             break;
         }
         // Returns 0 for levels deeper than the task's own cgroup.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        let id = ancestor(level as i32);
         if id == 0 {
             break;
         }
@@ -448,6 +456,102 @@ fn try_setsockopt(ctx: &SockoptContext, c: &Container) -> Result<Outcome, Deny> 
     };
     policy::setsockopt(level, optname, addr.as_ref(), &MapOwner(c.id))?;
     Ok(Outcome::Allowed)
+}
+
+// ---- packet layer: cgroup_skb on every container socket ----
+
+/// Which end of the packet is local to the socket, and the counters that go with it.
+#[derive(Clone, Copy)]
+struct Direction {
+    /// Offsets of the local address in the IPv4 and IPv6 headers.
+    off4: usize,
+    off6: usize,
+    packets: usize,
+    bytes: usize,
+    dropped: usize,
+}
+
+const INGRESS: Direction = Direction {
+    off4: 16, // destination
+    off6: 24,
+    packets: counter::RX_PACKETS,
+    bytes: counter::RX_BYTES,
+    dropped: counter::INGRESS_DROPPED,
+};
+const EGRESS: Direction = Direction {
+    off4: 12, // source
+    off6: 8,
+    packets: counter::TX_PACKETS,
+    bytes: counter::TX_BYTES,
+    dropped: counter::EGRESS_DROPPED,
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    run_skb(&ctx, INGRESS)
+}
+
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    run_skb(&ctx, EGRESS)
+}
+
+/// The container is the one of the packet's socket (where it was created), not of a task:
+/// in softirq context there is no meaningful task.
+#[inline(always)]
+fn run_skb(ctx: &SkBuffContext, dir: Direction) -> i32 {
+    let skb = ctx.skb.skb;
+    let Some(c) = container_of(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, level) })
+    else {
+        return PASS;
+    };
+    match try_packet(ctx, &c, dir) {
+        Ok(()) => {
+            count_packet(&c, dir, ctx.len());
+            PASS
+        }
+        Err(_) if c.audit() => {
+            count(c.id, counter::AUDITED);
+            count_packet(&c, dir, ctx.len());
+            PASS
+        }
+        Err(_) => {
+            count(c.id, dir.dropped);
+            DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn count_packet(c: &Container, dir: Direction, len: u32) {
+    if let Some(v) = COUNTERS.get_ptr_mut(c.id) {
+        unsafe {
+            (*v).v[dir.packets] += 1;
+            (*v).v[dir.bytes] += u64::from(len);
+        }
+    }
+}
+
+/// Reads the local address through the bounds-checked `load` helper (works on non-linear skbs
+/// too); a packet too short to hold it is dropped for a container.
+#[inline(always)]
+fn try_packet(ctx: &SkBuffContext, c: &Container, dir: Direction) -> Result<(), Deny> {
+    let first: u8 = ctx.load(0).map_err(|_| Deny::NotPermitted)?;
+    let own = MapOwner(c.id);
+    match first >> 4 {
+        4 => {
+            let local: Ip4 = ctx.load(dir.off4).map_err(|_| Deny::NotPermitted)?;
+            policy::packet4(c, local, &own)
+        }
+        6 => {
+            let local: Ip6 = ctx.load(dir.off6).map_err(|_| Deny::NotPermitted)?;
+            policy::packet6(c, &local, &own)
+        }
+        _ => Err(Deny::NotPermitted),
+    }
 }
 
 #[cfg(not(test))]
