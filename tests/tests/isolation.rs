@@ -435,8 +435,8 @@ fn sockets_follow_the_task_that_uses_them() {
     assert_eq!(s.addr(), "192.0.2.20:7111");
 }
 
-// listen() without bind and UDP autobind bind the wildcard with no hook involved. This
-// documents today's behaviour; the packet layer closes it.
+// listen() without bind and UDP autobind bind the wildcard with no hook involved: at the
+// socket layer they stay wildcard (tests/packet.rs shows the packet layer closing the gap).
 #[test]
 fn implicit_binds_are_wildcard_at_the_socket_layer() {
     if !privileged() {

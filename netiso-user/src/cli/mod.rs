@@ -3,6 +3,7 @@ mod agent;
 mod container;
 mod output;
 mod run;
+mod stats;
 mod status;
 
 use std::{net::IpAddr, path::PathBuf};
@@ -50,6 +51,8 @@ pub enum Command {
     /// Register, inspect and change containers.
     #[command(subcommand)]
     Container(ContainerCmd),
+    /// Per-container traffic (rx/tx packets and bytes) and what was refused or dropped.
+    Stats,
     /// Run a command in a new container: create a cgroup, register it, run CMD, clean up.
     Run(run::RunArgs),
 }
@@ -179,6 +182,7 @@ pub fn main() -> i32 {
         Command::Enable => status::toggle(&client(), cli.json, true),
         Command::Disable => status::toggle(&client(), cli.json, false),
         Command::Container(c) => container::run(&client(), cli.json, c),
+        Command::Stats => stats::run(&client(), cli.json),
         Command::Run(r) => run::run(&client(), r),
     };
     match result {

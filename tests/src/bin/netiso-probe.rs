@@ -3,12 +3,13 @@
 //!
 //! Usage: netiso-probe [--netns PATH] [--cgroup DIR] STEP...
 //! Each STEP is one argument, an operation and its operands separated by spaces:
-//!   socket tcp4|tcp6|udp4|udp6|ping4|ping6|raw4|raw6|sctp4|mptcp4|udplite4|l2tp4
+//!   socket tcp4|tcp6|udp4|udp6|ping4|ping6|raw4|raw6|rawip4|sctp4|mptcp4|udplite4|l2tp4
 //!   v6only 0|1            bind ADDR            bind-unspec PORT      name
 //!   connect ADDR          listen               accept                send
 //!   sendto ADDR           sendmsg ADDR         sendmmsg ADDR         sendto-pktinfo ADDR SRC
 //!   sticky-pktinfo SRC    recvfrom             serve TEXT (answer every connection with TEXT)
 //!   join-cgroup DIR       wait (until stdin closes)
+//!   timeout MS            spoof-udp4 SRC ADDR (IPPROTO_RAW socket: hand-made IPv4/UDP packet)
 //! ADDR is ip:port or [ip6]:port. The probe stops at the first failing step.
 use std::{
     io::{Read, Write},
@@ -67,6 +68,7 @@ impl Probe {
             "ping6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
             "raw4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP),
             "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP),
+            "rawip4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
             "sctp4" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
             "mptcp4" => (libc::AF_INET, libc::SOCK_STREAM, 262),
             "udplite4" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
@@ -94,6 +96,49 @@ impl Probe {
             libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4)
         };
         self.fd = Some(owned);
+        Ok(None)
+    }
+
+    /// Sets the send and receive timeouts of the socket (milliseconds).
+    fn timeout(&self, ms: &str) -> Result<Option<String>, Errno> {
+        let ms: i64 = ms.parse().map_err(|_| Errno::EINVAL)?;
+        let tv = libc::timeval {
+            tv_sec: ms / 1000,
+            tv_usec: (ms % 1000) * 1000,
+        };
+        for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+            check(unsafe {
+                libc::setsockopt(
+                    self.fd()?,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            })?;
+        }
+        Ok(None)
+    }
+
+    /// Sends a hand-made IPv4/UDP packet with source SRC through an IPPROTO_RAW socket.
+    fn spoof_udp4(&self, src: &str, dst: &str) -> Result<Option<String>, Errno> {
+        let IpAddr::V4(s) = ip_of(src)? else { return Err(Errno::EINVAL) };
+        let SocketAddr::V4(d) = parse(dst)? else { return Err(Errno::EINVAL) };
+        let payload = b"spoof";
+        let total = 20 + 8 + payload.len();
+        let mut pkt = vec![0u8; total];
+        pkt[0] = 0x45;
+        pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = libc::IPPROTO_UDP as u8;
+        pkt[12..16].copy_from_slice(&s.octets());
+        pkt[16..20].copy_from_slice(&d.ip().octets());
+        pkt[20..22].copy_from_slice(&7777u16.to_be_bytes());
+        pkt[22..24].copy_from_slice(&d.port().to_be_bytes());
+        pkt[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        pkt[28..].copy_from_slice(payload); // UDP checksum 0: none, valid for IPv4
+        let sa = SockaddrStorage::from(SocketAddr::V4(d));
+        socket::sendto(self.fd()?, &pkt, &sa, socket::MsgFlags::empty())?;
         Ok(None)
     }
 
@@ -278,6 +323,8 @@ fn main() {
             "sendmsg" => arg(0).and_then(|a| p.sendmsg(a, None)),
             "sendmmsg" => arg(0).and_then(|a| p.sendmmsg(a)),
             "sendto-pktinfo" => arg(0).and_then(|a| arg(1).and_then(|s| p.sendmsg(a, Some(s)))),
+            "timeout" => arg(0).and_then(|ms| p.timeout(ms)),
+            "spoof-udp4" => arg(0).and_then(|a| arg(1).and_then(|d| p.spoof_udp4(a, d))),
             "sticky-pktinfo" => arg(0).and_then(|s| p.sticky_pktinfo(s)),
             "recvfrom" => p.recvfrom(),
             "serve" => p.serve(&rest.join(" ")),
