@@ -96,6 +96,22 @@ pub struct ContainerInfo {
     pub counters: BTreeMap<String, u64>,
 }
 
+impl ContainerInfo {
+    /// One counter's value (0 when unknown).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Everything refused at the socket layer, all hooks together.
+    pub fn refused(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.ends_with("_refused"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
 /// GET /v1/status
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {

@@ -52,13 +52,6 @@ fn print_list(list: &[ContainerInfo], json: bool) {
     if json {
         return output::json(&list);
     }
-    let refused = |c: &ContainerInfo| -> u64 {
-        c.counters
-            .iter()
-            .filter(|(k, _)| k.ends_with("_refused"))
-            .map(|(_, v)| v)
-            .sum()
-    };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
@@ -71,8 +64,8 @@ fn print_list(list: &[ContainerInfo], json: bool) {
                 } else {
                     "no".into()
                 },
-                refused(c).to_string(),
-                c.counters.get("audited").copied().unwrap_or(0).to_string(),
+                c.refused().to_string(),
+                c.counter("audited").to_string(),
                 format!(
                     "{}{}",
                     c.cgroup.display(),

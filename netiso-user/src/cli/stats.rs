@@ -12,27 +12,19 @@ pub fn run(client: &Client, json: bool) -> CmdResult {
         output::json(&stats);
         return Ok(0);
     }
-    let get = |c: &ContainerInfo, k: &str| c.counters.get(k).copied().unwrap_or(0);
-    let refused = |c: &ContainerInfo| -> u64 {
-        c.counters
-            .iter()
-            .filter(|(k, _)| k.ends_with("_refused"))
-            .map(|(_, v)| v)
-            .sum()
-    };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
             vec![
                 c.name.clone(),
-                get(c, "rx_packets").to_string(),
-                get(c, "rx_bytes").to_string(),
-                get(c, "tx_packets").to_string(),
-                get(c, "tx_bytes").to_string(),
-                get(c, "ingress_dropped").to_string(),
-                get(c, "egress_dropped").to_string(),
-                refused(c).to_string(),
-                get(c, "audited").to_string(),
+                c.counter("rx_packets").to_string(),
+                c.counter("rx_bytes").to_string(),
+                c.counter("tx_packets").to_string(),
+                c.counter("tx_bytes").to_string(),
+                c.counter("ingress_dropped").to_string(),
+                c.counter("egress_dropped").to_string(),
+                c.refused().to_string(),
+                c.counter("audited").to_string(),
             ]
         })
         .collect();
