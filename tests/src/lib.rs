@@ -71,7 +71,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/debug/deps/<test-binary> -> target/debug
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
 }
 
 pub fn netiso_bin() -> PathBuf {
@@ -89,7 +92,9 @@ pub fn probe_bin() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -140,13 +145,22 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")]));
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ]));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -206,7 +220,11 @@ impl CliOutput {
     }
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "netiso failed: {}{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "netiso failed: {}{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -254,7 +272,11 @@ impl Agent {
 
     /// Starts the agent process and waits until its API answers.
     pub fn start(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(netiso_bin())
             .args(self.args())
             .stdout(log.try_clone().unwrap())
@@ -270,7 +292,11 @@ impl Agent {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("agent exited with {st}:\n{}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "agent did not come up:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up:\n{}",
+                self.log_text()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -324,7 +350,10 @@ impl Agent {
     pub fn cleanup(&self) -> CliOutput {
         let mut args = self.args();
         args.push("--cleanup".into());
-        let out = Command::new(netiso_bin()).args(&args).output().expect("cleanup");
+        let out = Command::new(netiso_bin())
+            .args(&args)
+            .output()
+            .expect("cleanup");
         CliOutput {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -360,21 +389,36 @@ impl Step {
     /// The errno name, asserting the step failed.
     #[track_caller]
     pub fn err(&self) -> &str {
-        assert!(!self.ok, "step {} unexpectedly succeeded: {:?}", self.op, self.value);
+        assert!(
+            !self.ok,
+            "step {} unexpectedly succeeded: {:?}",
+            self.op, self.value
+        );
         self.errno.as_deref().unwrap()
     }
 }
 
 fn probe_cmd(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Command {
     let mut cmd = Command::new(probe_bin());
-    cmd.arg("--netns").arg(ns.path()).arg("--cgroup").arg(cgroup).args(steps);
+    cmd.arg("--netns")
+        .arg(ns.path())
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(steps);
     cmd
 }
 
 /// Runs netiso-probe to completion in `ns` and `cgroup`, returning its steps.
 pub fn probe(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Vec<Step> {
-    let out = probe_cmd(ns, cgroup, steps).stdin(Stdio::null()).output().expect("probe");
-    assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = probe_cmd(ns, cgroup, steps)
+        .stdin(Stdio::null())
+        .output()
+        .expect("probe");
+    assert!(
+        out.status.success(),
+        "probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}")))
@@ -383,7 +427,9 @@ pub fn probe(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Vec<Step> {
 
 /// Runs a probe and returns its last step (the one that failed, or the final one).
 pub fn probe_last(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Step {
-    probe(ns, cgroup, steps).pop().expect("probe printed nothing")
+    probe(ns, cgroup, steps)
+        .pop()
+        .expect("probe printed nothing")
 }
 
 /// A probe running in the background (a server); killed on drop.
@@ -410,7 +456,11 @@ impl Background {
             }
         });
         let stdin = child.stdin.take();
-        Background { child, _stdin: stdin, lines }
+        Background {
+            child,
+            _stdin: stdin,
+            lines,
+        }
     }
 
     /// Waits (up to 20 s) for the next step named `op` and returns it.
@@ -447,10 +497,20 @@ impl World {
     /// Namespace with 192.0.2.10/.11/.20 and 2001:db8::10/::11/::20 on lo.
     pub fn new(tag: &str) -> World {
         let ns = Netns::new(tag);
-        for a in ["192.0.2.10/32", "192.0.2.11/32", "192.0.2.20/32", "198.51.100.1/32"] {
+        for a in [
+            "192.0.2.10/32",
+            "192.0.2.11/32",
+            "192.0.2.20/32",
+            "198.51.100.1/32",
+        ] {
             ns.add_addr(a);
         }
-        for a in ["2001:db8::10/128", "2001:db8::11/128", "2001:db8::20/128", "2001:db8:1::1/128"] {
+        for a in [
+            "2001:db8::10/128",
+            "2001:db8::11/128",
+            "2001:db8::20/128",
+            "2001:db8:1::1/128",
+        ] {
             ns.add_addr(a);
         }
         let cgroups = CgroupTree::new(tag);

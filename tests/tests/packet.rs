@@ -26,12 +26,24 @@ fn implicit_tcp_listener_only_receives_owned_destinations() {
     let s = probe_last(
         &w.ns,
         &host,
-        &["socket tcp4", "timeout 1000", &format!("connect 198.51.100.1:{port}")],
+        &[
+            "socket tcp4",
+            "timeout 1000",
+            &format!("connect 198.51.100.1:{port}"),
+        ],
     );
-    assert!(!s.ok, "connected to a container through a non-owned address");
+    assert!(
+        !s.ok,
+        "connected to a container through a non-owned address"
+    );
     assert!(w.agent.counter("c1", "ingress_dropped") >= 1);
     // Its own address works.
-    probe_last(&w.ns, &host, &["socket tcp4", &format!("connect 192.0.2.10:{port}")]).addr();
+    probe_last(
+        &w.ns,
+        &host,
+        &["socket tcp4", &format!("connect 192.0.2.10:{port}")],
+    )
+    .addr();
     assert_eq!(ip_of(srv.wait_for("accept").addr()), "192.0.2.10");
 }
 
@@ -44,20 +56,32 @@ fn implicit_udp_socket_only_receives_owned_destinations() {
     let w = World::new("p-udp");
     let c1 = w.container("c1", &["192.0.2.10"], &[]);
     let host = w.host_cgroup();
-    let rx = Background::spawn(&w.ns, &c1, &["socket udp4", "sendto 198.51.100.1:9", "recvfrom"]);
+    let rx = Background::spawn(
+        &w.ns,
+        &c1,
+        &["socket udp4", "sendto 198.51.100.1:9", "recvfrom"],
+    );
     let port = port_of(rx.wait_for("sendto").addr()).to_owned();
     // First to a non-owned destination (from port 7201), then to the owned one (from 7202):
     // the container's single recvfrom must see the second.
     probe_last(
         &w.ns,
         &host,
-        &["socket udp4", "bind 198.51.100.1:7201", &format!("sendto 198.51.100.1:{port}")],
+        &[
+            "socket udp4",
+            "bind 198.51.100.1:7201",
+            &format!("sendto 198.51.100.1:{port}"),
+        ],
     )
     .addr();
     probe_last(
         &w.ns,
         &host,
-        &["socket udp4", "bind 198.51.100.1:7202", &format!("sendto 192.0.2.10:{port}")],
+        &[
+            "socket udp4",
+            "bind 198.51.100.1:7202",
+            &format!("sendto 192.0.2.10:{port}"),
+        ],
     )
     .addr();
     assert_eq!(rx.wait_for("recvfrom").addr(), "198.51.100.1:7202");
@@ -77,16 +101,33 @@ fn spoofed_sources_are_dropped_on_egress() {
     let rx = Background::spawn(
         &w.ns,
         &host,
-        &["socket udp4", "bind 198.51.100.1:7300", "recvfrom", "recvfrom"],
+        &[
+            "socket udp4",
+            "bind 198.51.100.1:7300",
+            "recvfrom",
+            "recvfrom",
+        ],
     );
     rx.wait_for("bind");
-    let s = probe_last(&w.ns, &raw, &["socket rawip4", "spoof-udp4 192.0.2.20 198.51.100.1:7300"]);
+    let s = probe_last(
+        &w.ns,
+        &raw,
+        &["socket rawip4", "spoof-udp4 192.0.2.20 198.51.100.1:7300"],
+    );
     assert!(!s.ok, "the spoofed packet must be refused");
-    probe_last(&w.ns, &raw, &["socket rawip4", "spoof-udp4 192.0.2.30 198.51.100.1:7300"]);
+    probe_last(
+        &w.ns,
+        &raw,
+        &["socket rawip4", "spoof-udp4 192.0.2.30 198.51.100.1:7300"],
+    );
     assert_eq!(ip_of(rx.wait_for("recvfrom").addr()), "192.0.2.30");
     assert!(w.agent.counter("raw", "egress_dropped") >= 1);
     // The host may send what it likes.
-    probe_last(&w.ns, &host, &["socket rawip4", "spoof-udp4 192.0.2.20 198.51.100.1:7300"]);
+    probe_last(
+        &w.ns,
+        &host,
+        &["socket rawip4", "spoof-udp4 192.0.2.20 198.51.100.1:7300"],
+    );
     assert_eq!(ip_of(rx.wait_for("recvfrom").addr()), "192.0.2.20");
 }
 
@@ -99,11 +140,25 @@ fn traffic_is_counted_per_container() {
     let w = World::new("p-count");
     let c1 = w.container("c1", &["192.0.2.10", "2001:db8::10"], &[]);
     let c2 = w.container("c2", &["192.0.2.20"], &[]);
-    let srv = Background::spawn(&w.ns, &c1, &["socket tcp4", "bind 0.0.0.0:7400", "listen", "accept"]);
+    let srv = Background::spawn(
+        &w.ns,
+        &c1,
+        &["socket tcp4", "bind 0.0.0.0:7400", "listen", "accept"],
+    );
     srv.wait_for("listen");
-    probe_last(&w.ns, &c2, &["socket tcp4", "connect 192.0.2.10:7400", "send"]).addr();
+    probe_last(
+        &w.ns,
+        &c2,
+        &["socket tcp4", "connect 192.0.2.10:7400", "send"],
+    )
+    .addr();
     srv.wait_for("accept");
-    for (c, key) in [("c1", "rx_packets"), ("c1", "tx_packets"), ("c2", "tx_packets"), ("c2", "rx_packets")] {
+    for (c, key) in [
+        ("c1", "rx_packets"),
+        ("c1", "tx_packets"),
+        ("c2", "tx_packets"),
+        ("c2", "rx_packets"),
+    ] {
         assert!(w.agent.counter(c, key) >= 1, "{c} {key}");
     }
     assert!(w.agent.counter("c2", "tx_bytes") >= 40);
@@ -125,12 +180,22 @@ fn packet_layer_honours_audit_and_disable() {
     let host = w.host_cgroup();
     let srv = Background::spawn(&w.ns, &c1, &["socket tcp4", "listen", "accept", "accept"]);
     let port = port_of(srv.wait_for("listen").addr()).to_owned();
-    probe_last(&w.ns, &host, &["socket tcp4", &format!("connect 198.51.100.1:{port}")]).addr();
+    probe_last(
+        &w.ns,
+        &host,
+        &["socket tcp4", &format!("connect 198.51.100.1:{port}")],
+    )
+    .addr();
     srv.wait_for("accept");
     assert!(w.agent.counter("c1", "audited") >= 1);
     assert_eq!(w.agent.counter("c1", "ingress_dropped"), 0);
     w.agent.cli(&["container", "mode", "c1", "enforce"]).ok();
     w.agent.cli(&["disable"]).ok();
-    probe_last(&w.ns, &host, &["socket tcp4", &format!("connect 198.51.100.1:{port}")]).addr();
+    probe_last(
+        &w.ns,
+        &host,
+        &["socket tcp4", &format!("connect 198.51.100.1:{port}")],
+    )
+    .addr();
     srv.wait_for("accept");
 }

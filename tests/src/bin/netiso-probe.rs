@@ -79,7 +79,10 @@ impl Probe {
         // SAFETY: fresh descriptor from socket(2).
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         // Every blocking step gives up after 10 s instead of hanging a test.
-        let tv = libc::timeval { tv_sec: 10, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
         for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
             unsafe {
                 libc::setsockopt(
@@ -93,7 +96,13 @@ impl Probe {
         }
         let one: libc::c_int = 1;
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4)
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const libc::c_void,
+                4,
+            )
         };
         self.fd = Some(owned);
         Ok(None)
@@ -122,8 +131,12 @@ impl Probe {
 
     /// Sends a hand-made IPv4/UDP packet with source SRC through an IPPROTO_RAW socket.
     fn spoof_udp4(&self, src: &str, dst: &str) -> Result<Option<String>, Errno> {
-        let IpAddr::V4(s) = ip_of(src)? else { return Err(Errno::EINVAL) };
-        let SocketAddr::V4(d) = parse(dst)? else { return Err(Errno::EINVAL) };
+        let IpAddr::V4(s) = ip_of(src)? else {
+            return Err(Errno::EINVAL);
+        };
+        let SocketAddr::V4(d) = parse(dst)? else {
+            return Err(Errno::EINVAL);
+        };
         let payload = b"spoof";
         let total = 20 + 8 + payload.len();
         let mut pkt = vec![0u8; total];
@@ -144,7 +157,9 @@ impl Probe {
 
     fn setsockopt_int(&self, level: i32, name: i32, v: i32) -> Result<Option<String>, Errno> {
         let fd = self.fd()?;
-        check(unsafe { libc::setsockopt(fd, level, name, &v as *const _ as *const libc::c_void, 4) })?;
+        check(unsafe {
+            libc::setsockopt(fd, level, name, &v as *const _ as *const libc::c_void, 4)
+        })?;
         Ok(None)
     }
 
@@ -165,7 +180,11 @@ impl Probe {
         sin.sin_family = libc::AF_UNSPEC as u16;
         sin.sin_port = port.to_be();
         check(unsafe {
-            libc::bind(self.fd()?, &sin as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sin) as u32)
+            libc::bind(
+                self.fd()?,
+                &sin as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&sin) as u32,
+            )
         })?;
         self.name()
     }
@@ -221,7 +240,10 @@ impl Probe {
     fn sendmmsg(&self, addr: &str) -> Result<Option<String>, Errno> {
         let sa = SockaddrStorage::from(parse(addr)?);
         let mut buf = *b"probe";
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
         for m in msgs.iter_mut() {
             m.msg_hdr.msg_name = sa.as_ptr() as *mut libc::c_void;
@@ -242,7 +264,9 @@ impl Probe {
     }
 
     fn sticky_pktinfo(&self, src: &str) -> Result<Option<String>, Errno> {
-        let IpAddr::V6(s) = ip_of(src)? else { return Err(Errno::EINVAL) };
+        let IpAddr::V6(s) = ip_of(src)? else {
+            return Err(Errno::EINVAL);
+        };
         let mut pi: libc::in6_pktinfo = unsafe { std::mem::zeroed() };
         pi.ipi6_addr.s6_addr = s.octets();
         check(unsafe {
@@ -311,7 +335,9 @@ fn main() {
         let arg = |i: usize| rest.get(i).copied().ok_or(Errno::EINVAL);
         let r = match op {
             "socket" => arg(0).and_then(|k| p.socket(k)),
-            "v6only" => arg(0).and_then(|v| p.setsockopt_int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (v == "1") as i32)),
+            "v6only" => arg(0).and_then(|v| {
+                p.setsockopt_int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (v == "1") as i32)
+            }),
             "bind" => arg(0).and_then(|a| p.bind(a)),
             "bind-unspec" => arg(0).and_then(|a| p.bind_unspec(a)),
             "name" => p.name(),
@@ -329,7 +355,11 @@ fn main() {
             "recvfrom" => p.recvfrom(),
             "serve" => p.serve(&rest.join(" ")),
             // Moves this process (and so the socket's user) to another cgroup mid-script.
-            "join-cgroup" => arg(0).and_then(|d| join_cgroup(d).map(|_| None).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))),
+            "join-cgroup" => arg(0).and_then(|d| {
+                join_cgroup(d)
+                    .map(|_| None)
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            }),
             "wait" => {
                 let mut sink = Vec::new();
                 let _ = std::io::stdin().read_to_end(&mut sink);
