@@ -1,4 +1,5 @@
 //! Project automation: `cargo xtask bootstrap | build | test | demo`.
+mod bench;
 mod bootstrap;
 mod demo;
 
@@ -24,6 +25,18 @@ enum Cmd {
     Test,
     /// Bootstrap, build, then show netiso at work in a throwaway namespace and cgroup.
     Demo,
+    /// Bootstrap, build (release), then compare netiso with host networking and veth paths.
+    Bench {
+        /// Small and fast (under a minute), as a smoke test.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory (default target/bench).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Further options for `netiso-bench run` (see `netiso-bench run --help`).
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +50,9 @@ fn main() -> ExitCode {
         Cmd::Demo => bootstrap::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
+        Cmd::Bench { quick, out, extra } => {
+            bootstrap::run().and_then(|()| bench::run(quick, out, &extra))
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,51 @@
+//! `netiso-bench`: compares netiso with host networking and veth paths (see `cargo xtask bench`).
+//!
+//! One binary, three roles: `run` orchestrates the whole benchmark; `server` and `client` are the
+//! load generator, started by `run` inside the namespaces and cgroups it creates.
+mod bench;
+mod env;
+mod load;
+mod report;
+mod sys;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "netiso-bench",
+    about = "Benchmark netiso against host networking, veth+bridge and routed veth"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark (root only): builds its own namespaces, cgroups and agent.
+    Run(bench::Opts),
+    /// Load-generator server (started by `run`).
+    Server(load::ServerArgs),
+    /// Load-generator client (started by `run`); prints one JSON line.
+    Client(load::ClientArgs),
+    /// Run a program inside a network namespace and cgroup (for the iperf3/sockperf cross-check).
+    Exec(env::ExecArgs),
+}
+
+fn main() -> ExitCode {
+    let r = match Cli::parse().cmd {
+        Cmd::Run(o) => bench::run(o),
+        Cmd::Server(a) => load::server(a),
+        Cmd::Client(a) => load::client(a),
+        Cmd::Exec(a) => env::exec(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netiso-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
