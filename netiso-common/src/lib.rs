@@ -21,6 +21,16 @@ pub const FLAG_ALLOW_RAW: u32 = 1 << 1;
 pub const FLAG_HAS_V4: u32 = 1 << 2;
 /// Container flag: `v6` holds an owned primary IPv6 address.
 pub const FLAG_HAS_V6: u32 = 1 << 3;
+/// Container flag: reachable only from containers a policy rule allows.
+pub const FLAG_ISOLATED: u32 = 1 << 4;
+
+/// Key of the `POLICY` map: may container `from` reach container `to`? Value 1 allow, 0 deny.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyKey {
+    pub from: u32,
+    pub to: u32,
+}
 
 /// Value of the `CONTAINERS` map, keyed by the cgroup id (u64) of the registered cgroup.
 #[repr(C)]
@@ -100,7 +110,11 @@ pub mod counter {
     /// Packets dropped because their destination (ingress) or source (egress) is not owned.
     pub const INGRESS_DROPPED: usize = 16;
     pub const EGRESS_DROPPED: usize = 17;
-    pub const LEN: usize = 18;
+    /// Connections and sends to a container the policy does not let this one reach.
+    pub const POLICY_REFUSED: usize = 18;
+    /// Packets from a container the policy does not let reach this one.
+    pub const POLICY_DROPPED: usize = 19;
+    pub const LEN: usize = 20;
     pub const NAMES: [&str; LEN] = [
         "bind_allowed",
         "bind_rewritten",
@@ -120,6 +134,8 @@ pub mod counter {
         "tx_bytes",
         "ingress_dropped",
         "egress_dropped",
+        "policy_refused",
+        "policy_dropped",
     ];
 }
 
@@ -130,6 +146,8 @@ pub mod maps {
     pub const OWNED6: &str = "OWNED6";
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const POLICY: &str = "POLICY";
+    pub const ISOLATED: &str = "ISOLATED";
 }
 
 #[cfg(feature = "user")]
@@ -137,6 +155,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding (see the size tests).
     unsafe impl aya::Pod for super::Container {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::PolicyKey {}
 }
 
 #[cfg(test)]
@@ -149,6 +168,7 @@ mod tests {
         assert_eq!(size_of::<Container>(), 4 + 4 + 4 + 4 + 16);
         assert_eq!(align_of::<Container>(), 4);
         assert_eq!(size_of::<Counters>(), 8 * counter::LEN);
+        assert_eq!(size_of::<PolicyKey>(), 8);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Deny {
     NetUnreach,
     /// The socket type or option is not allowed in a container.
     NotPermitted,
+    /// The destination container does not accept this container (isolation policy).
+    Policy,
 }
 
 impl Deny {
@@ -36,6 +38,7 @@ impl Deny {
             Deny::AddrNotAvail => 99, // EADDRNOTAVAIL
             Deny::NetUnreach => 101,  // ENETUNREACH
             Deny::NotPermitted => 1,  // EPERM
+            Deny::Policy => 13,       // EACCES
         }
     }
 }
@@ -44,6 +47,43 @@ impl Deny {
 pub trait Ownership {
     fn owns4(&self, addr: Ip4) -> bool;
     fn owns6(&self, addr: &Ip6) -> bool;
+}
+
+/// Who owns addresses and who may reach whom, for the policy between containers.
+pub trait Reachability {
+    fn owner4(&self, addr: Ip4) -> Option<u32>;
+    fn owner6(&self, addr: &Ip6) -> Option<u32>;
+    fn isolated(&self, id: u32) -> bool;
+    /// An explicit rule for `from` -> `to`: Some(true) allow, Some(false) deny.
+    fn rule(&self, from: u32, to: u32) -> Option<bool>;
+}
+
+/// May container `from` talk to the owner of an address (`to`, None when no container owns
+/// it)? Like hosts on a LAN by default; an isolated container only accepts containers a rule
+/// allows, and an explicit deny applies to any container.
+pub fn reach(from: u32, to: Option<u32>, r: &impl Reachability) -> Result<(), Deny> {
+    let Some(to) = to else { return Ok(()) };
+    if to == from {
+        return Ok(());
+    }
+    let allowed = match r.rule(from, to) {
+        Some(v) => v,
+        None => !r.isolated(to),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Deny::Policy)
+    }
+}
+
+/// The container owning a destination given as an IPv6 socket address (v4-mapped included).
+pub fn owner_of6(addr: &Ip6, r: &impl Reachability) -> Option<u32> {
+    if is_mapped(addr) {
+        r.owner4(addr[3])
+    } else {
+        r.owner6(addr)
+    }
 }
 
 pub const fn ip4(a: u8, b: u8, c: u8, d: u8) -> Ip4 {
@@ -606,6 +646,48 @@ mod tests {
             ..c
         };
         assert!(sock_create(&raw, AF_INET, 3, 255).is_ok());
+    }
+
+    struct Net {
+        isolated: Vec<u32>,
+        rules: Vec<(u32, u32, bool)>,
+    }
+    impl Reachability for Net {
+        fn owner4(&self, a: Ip4) -> Option<u32> {
+            (a == v4("192.0.2.20")).then_some(2)
+        }
+        fn owner6(&self, _: &Ip6) -> Option<u32> {
+            None
+        }
+        fn isolated(&self, id: u32) -> bool {
+            self.isolated.contains(&id)
+        }
+        fn rule(&self, f: u32, t: u32) -> Option<bool> {
+            self.rules
+                .iter()
+                .find(|r| r.0 == f && r.1 == t)
+                .map(|r| r.2)
+        }
+    }
+
+    #[test]
+    fn policy_between_containers() {
+        let open = Net {
+            isolated: vec![],
+            rules: vec![],
+        };
+        assert!(reach(1, Some(2), &open).is_ok());
+        assert!(reach(1, None, &open).is_ok());
+        let iso = Net {
+            isolated: vec![2],
+            rules: vec![(3, 2, true), (1, 4, false)],
+        };
+        assert_eq!(reach(1, Some(2), &iso), Err(Deny::Policy));
+        assert!(reach(2, Some(2), &iso).is_ok());
+        assert!(reach(3, Some(2), &iso).is_ok());
+        assert_eq!(reach(1, Some(4), &iso), Err(Deny::Policy));
+        assert!(reach(2, Some(1), &iso).is_ok());
+        assert_eq!(owner_of6(&mapped(v4("192.0.2.20")), &iso), Some(2));
     }
 
     #[test]

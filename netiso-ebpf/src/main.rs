@@ -10,17 +10,18 @@
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, sockaddr},
     helpers::{
-        bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_set_retval, bpf_skb_ancestor_cgroup_id,
+        bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_set_retval, bpf_sk_fullsock,
+        bpf_skb_ancestor_cgroup_id,
     },
-    macros::{cgroup_sock, cgroup_sock_addr, cgroup_skb, cgroup_sockopt, map},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use netiso_common::{
     config, counter,
-    policy::{self, Bind, Bound, Deny, Ownership, Rewrite, AF_INET, AF_INET6},
-    Container, Counters, Ip4, Ip6, MAX_ADDRESSES, MAX_CGROUP_LEVELS, MAX_CONTAINERS,
+    policy::{self, Bind, Bound, Deny, Ownership, Reachability, Rewrite, AF_INET, AF_INET6},
+    Container, Counters, Ip4, Ip6, PolicyKey, MAX_ADDRESSES, MAX_CGROUP_LEVELS, MAX_CONTAINERS,
 };
 
 const ALLOW: i32 = 1;
@@ -45,6 +46,13 @@ static CONFIG: Array<u32> = Array::pinned(config::LEN, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuHashMap<u32, Counters> =
     PerCpuHashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
+
+/// Explicit rules between containers: (from, to) -> 1 allow, 0 deny.
+#[map(name = "POLICY")]
+static POLICY: HashMap<PolicyKey, u32> = HashMap::pinned(MAX_ADDRESSES, BPF_F_NO_PREALLOC);
+/// Ids of isolated containers (reachable only from containers a rule allows).
+#[map(name = "ISOLATED")]
+static ISOLATED: HashMap<u32, u32> = HashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
 
 /// What a `try_*` did when it let the operation through.
 enum Outcome {
@@ -96,6 +104,25 @@ impl Ownership for MapOwner {
     #[inline(always)]
     fn owns6(&self, addr: &Ip6) -> bool {
         matches!(unsafe { OWNED6.get(addr) }, Some(id) if *id == self.0)
+    }
+}
+
+impl Reachability for MapOwner {
+    #[inline(always)]
+    fn owner4(&self, addr: Ip4) -> Option<u32> {
+        unsafe { OWNED4.get(addr) }.copied()
+    }
+    #[inline(always)]
+    fn owner6(&self, addr: &Ip6) -> Option<u32> {
+        unsafe { OWNED6.get(addr) }.copied()
+    }
+    #[inline(always)]
+    fn isolated(&self, id: u32) -> bool {
+        unsafe { ISOLATED.get(id) }.is_some()
+    }
+    #[inline(always)]
+    fn rule(&self, from: u32, to: u32) -> Option<bool> {
+        unsafe { POLICY.get(PolicyKey { from, to }) }.map(|v| *v != 0)
     }
 }
 
@@ -178,6 +205,9 @@ fn finish(c: &Container, hook: Hook, result: Result<Outcome, Deny>) -> i32 {
         }
         Err(deny) => {
             count(c.id, hook.refused);
+            if deny == Deny::Policy {
+                count(c.id, counter::POLICY_REFUSED);
+            }
             unsafe { bpf_set_retval(-deny.errno()) };
             DENY
         }
@@ -317,7 +347,9 @@ fn try_connect4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
         addr: rd(unsafe { addr_of!((*sk).src_ip4) }),
         has_port: rd(unsafe { addr_of!((*sk).src_port) }) != 0,
     };
-    let r = policy::connect4(c, dst, bound, &MapOwner(c.id))?;
+    let own = MapOwner(c.id);
+    let r = policy::connect4(c, dst, bound, &own)?;
+    policy::reach(c.id, own.owner4(dst), &own)?;
     apply4(ctx, c, r, true)
 }
 
@@ -334,7 +366,9 @@ fn try_connect6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
         addr: rd6(unsafe { addr_of!((*sk).src_ip6) }),
         has_port: rd(unsafe { addr_of!((*sk).src_port) }) != 0,
     };
-    let r = policy::connect6(c, &dst, bound, &MapOwner(c.id))?;
+    let own = MapOwner(c.id);
+    let r = policy::connect6(c, &dst, bound, &own)?;
+    policy::reach(c.id, policy::owner_of6(&dst, &own), &own)?;
     apply6(ctx, c, r, true)
 }
 
@@ -399,7 +433,9 @@ fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
     let sa = ctx.sock_addr;
     let dst = rd(unsafe { addr_of!((*sa).user_ip4) });
     let src = rd(unsafe { addr_of!((*sa).msg_src_ip4) });
-    let r = policy::sendmsg4(c, dst, src, &MapOwner(c.id))?;
+    let own = MapOwner(c.id);
+    let r = policy::sendmsg4(c, dst, src, &own)?;
+    policy::reach(c.id, own.owner4(dst), &own)?;
     apply4(ctx, c, r, false)
 }
 
@@ -412,7 +448,9 @@ fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
     let sa = ctx.sock_addr;
     let dst = rd6(unsafe { addr_of!((*sa).user_ip6) });
     let src = rd6(unsafe { addr_of!((*sa).msg_src_ip6) });
-    let r = policy::sendmsg6(c, &dst, &src, &MapOwner(c.id))?;
+    let own = MapOwner(c.id);
+    let r = policy::sendmsg6(c, &dst, &src, &own)?;
+    policy::reach(c.id, policy::owner_of6(&dst, &own), &own)?;
     apply6(ctx, c, r, false)
 }
 
@@ -466,6 +504,10 @@ struct Direction {
     /// Offsets of the local address in the IPv4 and IPv6 headers.
     off4: usize,
     off6: usize,
+    /// Offsets of the remote address, checked against the policy on ingress.
+    remote4: usize,
+    remote6: usize,
+    ingress: bool,
     packets: usize,
     bytes: usize,
     dropped: usize,
@@ -474,6 +516,9 @@ struct Direction {
 const INGRESS: Direction = Direction {
     off4: 16, // destination
     off6: 24,
+    remote4: 12,
+    remote6: 8,
+    ingress: true,
     packets: counter::RX_PACKETS,
     bytes: counter::RX_BYTES,
     dropped: counter::INGRESS_DROPPED,
@@ -481,6 +526,9 @@ const INGRESS: Direction = Direction {
 const EGRESS: Direction = Direction {
     off4: 12, // source
     off6: 8,
+    remote4: 16,
+    remote6: 24,
+    ingress: false,
     packets: counter::TX_PACKETS,
     bytes: counter::TX_BYTES,
     dropped: counter::EGRESS_DROPPED,
@@ -518,6 +566,10 @@ fn run_skb(ctx: &SkBuffContext, dir: Direction) -> i32 {
             count_packet(&c, dir, ctx.len());
             PASS
         }
+        Err(Deny::Policy) => {
+            count(c.id, counter::POLICY_DROPPED);
+            DROP
+        }
         Err(_) => {
             count(c.id, dir.dropped);
             DROP
@@ -544,14 +596,63 @@ fn try_packet(ctx: &SkBuffContext, c: &Container, dir: Direction) -> Result<(), 
     match first >> 4 {
         4 => {
             let local: Ip4 = ctx.load(dir.off4).map_err(|_| Deny::NotPermitted)?;
-            policy::packet4(c, local, &own)
+            policy::packet4(c, local, &own)?;
+            if dir.ingress && starts_flow(ctx) {
+                // The receiving side of the policy: who sent this?
+                let remote: Ip4 = ctx.load(dir.remote4).map_err(|_| Deny::NotPermitted)?;
+                return match own.owner4(remote) {
+                    Some(from) => reach_in(from, c.id, &own),
+                    None => Ok(()),
+                };
+            }
+            Ok(())
         }
         6 => {
             let local: Ip6 = ctx.load(dir.off6).map_err(|_| Deny::NotPermitted)?;
-            policy::packet6(c, &local, &own)
+            policy::packet6(c, &local, &own)?;
+            if dir.ingress && starts_flow(ctx) {
+                let remote: Ip6 = ctx.load(dir.remote6).map_err(|_| Deny::NotPermitted)?;
+                return match own.owner6(&remote) {
+                    Some(from) => reach_in(from, c.id, &own),
+                    None => Ok(()),
+                };
+            }
+            Ok(())
         }
         _ => Err(Deny::NotPermitted),
     }
+}
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
+
+/// Whether an arriving packet may open a flow: it reaches a TCP listener or an unconnected
+/// datagram socket. Replies to flows the container opened itself (SYN-ACKs, established and
+/// connected sockets) were admitted when they started and must not be judged again, or an
+/// isolated container could not talk back to anyone. Without a full socket: judged.
+#[inline(always)]
+fn starts_flow(ctx: &SkBuffContext) -> bool {
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return true;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return true;
+    }
+    let state = rd(unsafe { addr_of!((*full).state) });
+    let protocol = rd(unsafe { addr_of!((*full).protocol) });
+    if protocol == policy::IPPROTO_TCP {
+        state == TCP_LISTEN
+    } else {
+        state != TCP_ESTABLISHED
+    }
+}
+
+/// May a packet from container `from` reach container `to`?
+#[inline(always)]
+fn reach_in(from: u32, to: u32, own: &MapOwner) -> Result<(), Deny> {
+    policy::reach(from, Some(to), own)
 }
 
 #[cfg(not(test))]

@@ -63,6 +63,23 @@ pub struct AddContainer {
     pub mode: Mode,
     #[serde(default)]
     pub allow_raw: bool,
+    #[serde(default)]
+    pub isolated: bool,
+}
+
+/// POST /v1/policy: may container `from` reach container `to`?
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyRule {
+    pub from: String,
+    pub to: String,
+    pub action: PolicyAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    Allow,
+    Deny,
 }
 
 /// PUT /v1/containers/{name}/mode
@@ -92,6 +109,8 @@ pub struct ContainerInfo {
     pub loopback: IpAddr,
     pub mode: Mode,
     pub allow_raw: bool,
+    /// Reachable only from containers a policy rule allows.
+    pub isolated: bool,
     /// Counter name -> value, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
 }

@@ -19,8 +19,8 @@ use aya::{
 };
 use log::{debug, info};
 use netiso_common::{
-    config, counter, maps, policy, Container, Counters, Ip4, Ip6, FLAG_ALLOW_RAW, FLAG_AUDIT,
-    FLAG_HAS_V4, FLAG_HAS_V6,
+    config, counter, maps, policy, Container, Counters, Ip4, Ip6, PolicyKey, FLAG_ALLOW_RAW,
+    FLAG_AUDIT, FLAG_HAS_V4, FLAG_HAS_V6, FLAG_ISOLATED,
 };
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
@@ -132,6 +132,9 @@ pub fn container_value(spec: &ContainerSpec) -> Container {
     if spec.allow_raw {
         c.flags |= FLAG_ALLOW_RAW;
     }
+    if spec.isolated {
+        c.flags |= FLAG_ISOLATED;
+    }
     if let Some(v4) = spec.ips.iter().find_map(|ip| match ip {
         IpAddr::V4(a) => Some(*a),
         IpAddr::V6(_) => None,
@@ -201,6 +204,47 @@ impl Datapath {
         let m = self.ebpf.map_mut(maps::OWNED6).expect("OWNED6 map");
         HashMap::try_from(m).map_err(map_err("OWNED6"))
     }
+    fn policy(&mut self) -> Result<HashMap<&mut MapData, PolicyKey, u32>, DatapathError> {
+        let m = self.ebpf.map_mut(maps::POLICY).expect("POLICY map");
+        HashMap::try_from(m).map_err(map_err("POLICY"))
+    }
+    fn isolated(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, DatapathError> {
+        let m = self.ebpf.map_mut(maps::ISOLATED).expect("ISOLATED map");
+        HashMap::try_from(m).map_err(map_err("ISOLATED"))
+    }
+
+    /// Sets (Some) or clears (None) the rule for container `from` reaching container `to`.
+    pub fn set_rule(
+        &mut self,
+        from: u32,
+        to: u32,
+        allow: Option<bool>,
+    ) -> Result<(), DatapathError> {
+        let key = PolicyKey { from, to };
+        let mut m = self.policy()?;
+        match allow {
+            Some(a) => m.insert(key, u32::from(a), 0).map_err(map_err("POLICY")),
+            None => ignore_missing(m.remove(&key)).map_err(map_err("POLICY")),
+        }
+    }
+
+    /// Makes the rule map hold exactly `rules` (from id, to id, allow).
+    pub fn reconcile_rules(&mut self, rules: &[(u32, u32, bool)]) -> Result<(), DatapathError> {
+        for (f, t, a) in rules {
+            self.set_rule(*f, *t, Some(*a))?;
+        }
+        let stale: Vec<PolicyKey> = self
+            .policy()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !rules.iter().any(|(f, t, _)| k.from == *f && k.to == *t))
+            .collect();
+        for k in stale {
+            ignore_missing(self.policy()?.remove(&k)).map_err(map_err("POLICY"))?;
+        }
+        Ok(())
+    }
+
     fn config(&mut self) -> Result<Array<&mut MapData, u32>, DatapathError> {
         let m = self.ebpf.map_mut(maps::CONFIG).expect("CONFIG map");
         Array::try_from(m).map_err(map_err("CONFIG"))
@@ -275,6 +319,13 @@ impl Datapath {
                 .insert(spec.id, zero, 0)
                 .map_err(map_err("COUNTERS"))?;
         }
+        if spec.isolated {
+            self.isolated()?
+                .insert(spec.id, 1, 0)
+                .map_err(map_err("ISOLATED"))?;
+        } else {
+            ignore_missing(self.isolated()?.remove(&spec.id)).map_err(map_err("ISOLATED"))?;
+        }
         let value = container_value(spec);
         self.containers()?
             .insert(spec.cgroup_id, value, 0)
@@ -289,6 +340,7 @@ impl Datapath {
         for ip in &spec.ips {
             self.revoke(*ip)?;
         }
+        ignore_missing(self.isolated()?.remove(&spec.id)).map_err(map_err("ISOLATED"))?;
         ignore_missing(self.counters_map()?.remove(&spec.id)).map_err(map_err("COUNTERS"))
     }
 
@@ -377,6 +429,15 @@ impl Datapath {
             .collect();
         for k in stale_ids {
             ignore_missing(self.counters_map()?.remove(&k)).map_err(map_err("COUNTERS"))?;
+        }
+        let stale_iso: Vec<u32> = self
+            .isolated()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ids.contains(k))
+            .collect();
+        for k in stale_iso {
+            ignore_missing(self.isolated()?.remove(&k)).map_err(map_err("ISOLATED"))?;
         }
         Ok(())
     }

@@ -40,6 +40,17 @@ pub struct ContainerSpec {
     pub ips: Vec<IpAddr>,
     pub mode: Mode,
     pub allow_raw: bool,
+    /// Reachable only from containers a policy rule allows.
+    #[serde(default)]
+    pub isolated: bool,
+}
+
+/// An explicit rule between two containers (by name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub from: String,
+    pub to: String,
+    pub allow: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +61,8 @@ pub struct State {
     pub cgroup_root: Option<PathBuf>,
     pub next_id: u32,
     pub containers: BTreeMap<String, ContainerSpec>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
 }
 
 impl Default for State {
@@ -60,6 +73,7 @@ impl Default for State {
             cgroup_root: None,
             next_id: 1,
             containers: BTreeMap::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -133,6 +147,7 @@ mod tests {
                 ips: vec!["192.0.2.1".parse().unwrap()],
                 mode: Mode::Audit,
                 allow_raw: false,
+                isolated: true,
             },
         );
         s.save(&dir).unwrap();

@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{service::Service, ApiError};
-use crate::api::{AddContainer, AddIp, ContainerInfo, SetMode, Status};
+use crate::api::{AddContainer, AddIp, ContainerInfo, PolicyRule, SetMode, Status};
 
 type Shared = Arc<Mutex<Service>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -37,6 +37,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/containers/{name}/mode", put(set_mode))
         .route("/v1/containers/{name}/ips", post(add_ip))
         .route("/v1/containers/{name}/ips/{ip}", delete(remove_ip))
+        .route("/v1/policy", get(rules).post(set_rule))
         .fallback(|| async { ApiError::not_found("no such API path; see /v1/status") })
         .with_state(service)
 }
@@ -57,6 +58,18 @@ pub async fn serve(
         })
         .await?;
     Ok(())
+}
+
+async fn rules(State(s): State<Shared>) -> Json<Vec<PolicyRule>> {
+    Json(lock(&s).rules())
+}
+
+async fn set_rule(
+    State(s): State<Shared>,
+    b: Result<Json<PolicyRule>, JsonRejection>,
+) -> ApiResult<Vec<PolicyRule>> {
+    let req = body(b)?;
+    lock(&s).set_rule(req).map(Json)
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {

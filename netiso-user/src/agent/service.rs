@@ -11,11 +11,24 @@ use log::{info, warn};
 
 use super::ApiError;
 use crate::{
-    api::{AddContainer, ContainerInfo, Mode, Status},
+    api::{AddContainer, ContainerInfo, Mode, PolicyAction, PolicyRule, Status},
     cgroup,
     datapath::{Datapath, PROGRAMS},
-    state::{ContainerSpec, State},
+    state::{ContainerSpec, Rule, State},
 };
+
+/// The rules of `state` by container id, as the kernel holds them.
+fn rule_ids(state: &State) -> Vec<(u32, u32, bool)> {
+    state
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let f = state.containers.get(&r.from)?.id;
+            let t = state.containers.get(&r.to)?.id;
+            Some((f, t, r.allow))
+        })
+        .collect()
+}
 
 pub struct Service {
     datapath: Datapath,
@@ -50,6 +63,7 @@ impl Service {
             }
         }
         datapath.reconcile(state.containers.values())?;
+        datapath.reconcile_rules(&rule_ids(&state))?;
         datapath.set_enabled(state.enabled)?;
         state.cgroup_root = Some(root.clone());
         state.save(&state_dir)?;
@@ -134,6 +148,7 @@ impl Service {
             )),
             mode: spec.mode,
             allow_raw: spec.allow_raw,
+            isolated: spec.isolated,
             counters,
         })
     }
@@ -204,6 +219,7 @@ impl Service {
             ips: req.ips,
             mode: req.mode,
             allow_raw: req.allow_raw,
+            isolated: req.isolated,
         };
         let mut next = self.state.clone();
         next.next_id += 1;
@@ -237,13 +253,19 @@ impl Service {
             .map_err(ApiError::internal)?;
         let mut next = self.state.clone();
         next.containers.remove(name);
+        // Rules naming the container go with it.
+        next.rules.retain(|r| r.from != name && r.to != name);
         self.datapath
             .set_levels(next.containers.values())
+            .map_err(ApiError::internal)?;
+        self.datapath
+            .reconcile_rules(&rule_ids(&next))
             .map_err(ApiError::internal)?;
         let undo = spec.clone();
         self.commit(next, move |dp, old| {
             dp.set_levels(old.containers.values())?;
-            Ok(dp.register(&undo)?)
+            dp.register(&undo)?;
+            Ok(dp.reconcile_rules(&rule_ids(old))?)
         })?;
         info!("unregistered container {name}");
         Ok(())
@@ -308,6 +330,53 @@ impl Service {
         spec.ips.retain(|a| *a != ip);
         info!("container {name}: revoked {ip}");
         self.update(name, spec, Some(ip))
+    }
+
+    /// Sets the rule for container `from` reaching container `to`.
+    pub fn set_rule(&mut self, req: PolicyRule) -> Result<Vec<PolicyRule>, ApiError> {
+        let from = self.spec(&req.from)?.id;
+        let to = self.spec(&req.to)?.id;
+        if from == to {
+            return Err(ApiError::bad_request(
+                "a container always reaches itself; name two containers",
+            ));
+        }
+        let allow = req.action == PolicyAction::Allow;
+        self.datapath
+            .set_rule(from, to, Some(allow))
+            .map_err(ApiError::internal)?;
+        let mut next = self.state.clone();
+        next.rules
+            .retain(|r| !(r.from == req.from && r.to == req.to));
+        next.rules.push(Rule {
+            from: req.from.clone(),
+            to: req.to.clone(),
+            allow,
+        });
+        self.commit(next, |dp, old| Ok(dp.reconcile_rules(&rule_ids(old))?))?;
+        info!(
+            "policy: {} {} -> {}",
+            if allow { "allow" } else { "deny" },
+            req.from,
+            req.to
+        );
+        Ok(self.rules())
+    }
+
+    pub fn rules(&self) -> Vec<PolicyRule> {
+        self.state
+            .rules
+            .iter()
+            .map(|r| PolicyRule {
+                from: r.from.clone(),
+                to: r.to.clone(),
+                action: if r.allow {
+                    PolicyAction::Allow
+                } else {
+                    PolicyAction::Deny
+                },
+            })
+            .collect()
     }
 
     pub fn root(&self) -> &Path {

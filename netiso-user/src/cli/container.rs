@@ -41,6 +41,14 @@ fn print_one(c: &ContainerInfo, json: bool) {
                 "no".into()
             },
         ),
+        (
+            "isolated",
+            if c.isolated {
+                "yes (reachable only from allowed containers)".into()
+            } else {
+                "no".into()
+            },
+        ),
     ];
     for (k, v) in &c.counters {
         pairs.push((k.as_str(), v.to_string()));
@@ -102,6 +110,7 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
                 ips: a.policy.ips.clone(),
                 mode: a.policy.mode,
                 allow_raw: a.policy.allow_raw,
+                isolated: a.policy.isolated,
             };
             let c: ContainerInfo = client.post("/v1/containers", &req)?;
             print_one(&c, json);

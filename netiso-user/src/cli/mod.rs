@@ -2,6 +2,7 @@
 mod agent;
 mod container;
 mod output;
+mod policy;
 mod run;
 mod stats;
 mod status;
@@ -53,12 +54,15 @@ pub enum Command {
     Container(ContainerCmd),
     /// Per-container traffic (rx/tx packets and bytes) and what was refused or dropped.
     Stats,
+    /// Rules between containers: which may reach which.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Run a command in a new container: create a cgroup, register it, run CMD, clean up.
     Run(run::RunArgs),
 }
 
 /// Parses a container name (it ends up in API paths and cgroup directory names).
-fn name_arg(s: &str) -> Result<String, String> {
+pub(crate) fn name_arg(s: &str) -> Result<String, String> {
     crate::api::validate_name(s).map(|()| s.to_owned())
 }
 
@@ -130,6 +134,10 @@ pub struct PolicyArgs {
     /// such sockets can use any source address.
     #[arg(long)]
     pub allow_raw: bool,
+    /// Reachable only from containers a `netiso policy allow` rule lets in (others: EACCES on
+    /// connect/send, packets dropped on arrival). Unregistered processes are not affected.
+    #[arg(long)]
+    pub isolated: bool,
 }
 
 impl PolicyArgs {
@@ -183,6 +191,7 @@ pub fn main() -> i32 {
         Command::Disable => status::toggle(&client(), cli.json, false),
         Command::Container(c) => container::run(&client(), cli.json, c),
         Command::Stats => stats::run(&client(), cli.json),
+        Command::Policy(p) => policy::run(&client(), cli.json, p),
         Command::Run(r) => run::run(&client(), r),
     };
     match result {

@@ -52,6 +52,7 @@ pub fn run(client: &Client, args: &RunArgs) -> CmdResult {
         ips: args.policy.ips.clone(),
         mode: args.policy.mode,
         allow_raw: args.policy.allow_raw,
+        isolated: args.policy.isolated,
     };
     if let Err(e) = client.post::<_, ContainerInfo>("/v1/containers", &req) {
         let _ = cgroup::remove_tree(&cg);
