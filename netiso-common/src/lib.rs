@@ -63,6 +63,32 @@ impl Container {
     }
 }
 
+/// One refused (or audited) operation or dropped packet, sent to the agent through the
+/// `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// bpf_ktime_get_ns() when it happened.
+    pub ts_ns: u64,
+    pub container: u32,
+    /// What happened: the counter index it was counted under (e.g. `counter::BIND_REFUSED`).
+    pub kind: u32,
+    /// The errno the process got; 0 for a dropped packet.
+    pub errno: u32,
+    /// `EVENT_AUDITED` when audit mode let it through.
+    pub flags: u32,
+    /// AF_INET or AF_INET6 when `addr`/`port` describe the address involved, else 0.
+    pub family: u32,
+    /// Host-order port (0 when none).
+    pub port: u32,
+    /// The address involved (IPv4 in `addr[0]`), raw network order.
+    pub addr: Ip6,
+}
+
+pub const EVENT_AUDITED: u32 = 1;
+/// Size of the `EVENTS` ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
 /// Indices into the `CONFIG` array map.
 pub mod config {
     /// Non-zero: netiso is disabled globally, every hook passes through.
@@ -148,6 +174,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const POLICY: &str = "POLICY";
     pub const ISOLATED: &str = "ISOLATED";
+    pub const EVENTS: &str = "EVENTS";
 }
 
 #[cfg(feature = "user")]
@@ -169,6 +196,7 @@ mod tests {
         assert_eq!(align_of::<Container>(), 4);
         assert_eq!(size_of::<Counters>(), 8 * counter::LEN);
         assert_eq!(size_of::<PolicyKey>(), 8);
+        assert_eq!(size_of::<Event>(), 8 + 6 * 4 + 16);
     }
 
     #[test]

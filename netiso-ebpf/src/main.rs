@@ -10,18 +10,19 @@
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, sockaddr},
     helpers::{
-        bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_set_retval, bpf_sk_fullsock,
-        bpf_skb_ancestor_cgroup_id,
+        bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_set_retval,
+        bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
-    maps::{Array, HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use netiso_common::{
     config, counter,
     policy::{self, Bind, Bound, Deny, Ownership, Reachability, Rewrite, AF_INET, AF_INET6},
-    Container, Counters, Ip4, Ip6, PolicyKey, MAX_ADDRESSES, MAX_CGROUP_LEVELS, MAX_CONTAINERS,
+    Container, Counters, Event, Ip4, Ip6, PolicyKey, EVENTS_BYTES, EVENT_AUDITED, MAX_ADDRESSES,
+    MAX_CGROUP_LEVELS, MAX_CONTAINERS,
 };
 
 const ALLOW: i32 = 1;
@@ -53,6 +54,29 @@ static POLICY: HashMap<PolicyKey, u32> = HashMap::pinned(MAX_ADDRESSES, BPF_F_NO
 /// Ids of isolated containers (reachable only from containers a rule allows).
 #[map(name = "ISOLATED")]
 static ISOLATED: HashMap<u32, u32> = HashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
+
+/// Refused, audited and dropped operations for `netiso events`. Best effort: when the agent
+/// falls behind, events are lost; the counters stay exact.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// The address an event is about: (family, address, host-order port).
+type Subject = (u32, Ip6, u32);
+
+#[inline(always)]
+fn emit(c: &Container, kind: usize, errno: i32, audited: bool, subject: Subject) {
+    let ev = Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        container: c.id,
+        kind: kind as u32,
+        errno: errno as u32,
+        flags: if audited { EVENT_AUDITED } else { 0 },
+        family: subject.0,
+        port: subject.2,
+        addr: subject.1,
+    };
+    let _ = EVENTS.output::<Event>(&ev, 0);
+}
 
 /// What a `try_*` did when it let the operation through.
 enum Outcome {
@@ -179,11 +203,44 @@ fn count(id: u32, index: usize) {
 /// Every hook: pass through when the calling task is in no container (or netiso is disabled),
 /// otherwise decide with `try_*` and turn the result into the verdict.
 #[inline(always)]
-fn run<C>(ctx: &C, hook: Hook, try_hook: fn(&C, &Container) -> Result<Outcome, Deny>) -> i32 {
+fn run<C>(
+    ctx: &C,
+    hook: Hook,
+    try_hook: fn(&C, &Container) -> Result<Outcome, Deny>,
+    subject: fn(&C) -> Subject,
+) -> i32 {
     match current_container() {
         None => ALLOW,
-        Some(c) => finish(&c, hook, try_hook(ctx, &c)),
+        Some(c) => {
+            let result = try_hook(ctx, &c);
+            if let Err(deny) = result {
+                emit(&c, hook.refused, deny.errno(), c.audit(), subject(ctx));
+            }
+            finish(&c, hook, result)
+        }
     }
+}
+
+/// The address a v4 sock_addr hook was asked about (only v4 fields are readable there).
+#[inline(always)]
+fn subject4(ctx: &SockAddrContext) -> Subject {
+    let sa = ctx.sock_addr;
+    let ip = rd(unsafe { addr_of!((*sa).user_ip4) });
+    let port = rd(unsafe { addr_of!((*sa).user_port) });
+    (AF_INET, [ip, 0, 0, 0], u32::from(u16::from_be(port as u16)))
+}
+
+#[inline(always)]
+fn subject6(ctx: &SockAddrContext) -> Subject {
+    let sa = ctx.sock_addr;
+    let ip = rd6(unsafe { addr_of!((*sa).user_ip6) });
+    let port = rd(unsafe { addr_of!((*sa).user_port) });
+    (AF_INET6, ip, u32::from(u16::from_be(port as u16)))
+}
+
+#[inline(always)]
+fn no_subject<C>(_: &C) -> Subject {
+    (0, [0; 4], 0)
 }
 
 /// The one place that turns a decision into a verdict. Audit mode allows what enforce mode
@@ -300,7 +357,7 @@ fn bind_src6(ctx: &SockAddrContext, addr: &Ip6) -> Result<(), Deny> {
 
 #[cgroup_sock_addr(bind4)]
 pub fn bind4(ctx: SockAddrContext) -> i32 {
-    run(&ctx, BIND, try_bind4)
+    run(&ctx, BIND, try_bind4, subject4)
 }
 
 fn try_bind4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -317,7 +374,7 @@ fn try_bind4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(bind6)]
 pub fn bind6(ctx: SockAddrContext) -> i32 {
-    run(&ctx, BIND, try_bind6)
+    run(&ctx, BIND, try_bind6, subject6)
 }
 
 fn try_bind6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -336,7 +393,7 @@ fn try_bind6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    run(&ctx, CONNECT, try_connect4)
+    run(&ctx, CONNECT, try_connect4, subject4)
 }
 
 fn try_connect4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -355,7 +412,7 @@ fn try_connect4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    run(&ctx, CONNECT, try_connect6)
+    run(&ctx, CONNECT, try_connect6, subject6)
 }
 
 fn try_connect6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -426,7 +483,7 @@ fn apply6(
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    run(&ctx, SENDMSG, try_sendmsg4)
+    run(&ctx, SENDMSG, try_sendmsg4, subject4)
 }
 
 fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -441,7 +498,7 @@ fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    run(&ctx, SENDMSG, try_sendmsg6)
+    run(&ctx, SENDMSG, try_sendmsg6, subject6)
 }
 
 fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
@@ -458,7 +515,7 @@ fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    run(&ctx, SOCKET, try_sock_create)
+    run(&ctx, SOCKET, try_sock_create, no_subject)
 }
 
 fn try_sock_create(ctx: &SockContext, c: &Container) -> Result<Outcome, Deny> {
@@ -474,7 +531,7 @@ fn try_sock_create(ctx: &SockContext, c: &Container) -> Result<Outcome, Deny> {
 
 #[cgroup_sockopt(setsockopt)]
 pub fn setsockopt(ctx: SockoptContext) -> i32 {
-    run(&ctx, SOCKOPT, try_setsockopt)
+    run(&ctx, SOCKOPT, try_setsockopt, no_subject)
 }
 
 fn try_setsockopt(ctx: &SockoptContext, c: &Container) -> Result<Outcome, Deny> {
@@ -561,17 +618,19 @@ fn run_skb(ctx: &SkBuffContext, dir: Direction) -> i32 {
             count_packet(&c, dir, ctx.len());
             PASS
         }
-        Err(_) if c.audit() => {
-            count(c.id, counter::AUDITED);
-            count_packet(&c, dir, ctx.len());
-            PASS
-        }
-        Err(Deny::Policy) => {
-            count(c.id, counter::POLICY_DROPPED);
-            DROP
-        }
-        Err(_) => {
-            count(c.id, dir.dropped);
+        Err(deny) => {
+            let kind = if deny == Deny::Policy {
+                counter::POLICY_DROPPED
+            } else {
+                dir.dropped
+            };
+            emit(&c, kind, 0, c.audit(), packet_subject(ctx, dir));
+            if c.audit() {
+                count(c.id, counter::AUDITED);
+                count_packet(&c, dir, ctx.len());
+                return PASS;
+            }
+            count(c.id, kind);
             DROP
         }
     }
@@ -584,6 +643,16 @@ fn count_packet(c: &Container, dir: Direction, len: u32) {
             (*v).v[dir.packets] += 1;
             (*v).v[dir.bytes] += u64::from(len);
         }
+    }
+}
+
+/// The remote address of a packet, for its event.
+#[inline(always)]
+fn packet_subject(ctx: &SkBuffContext, dir: Direction) -> Subject {
+    match ctx.load::<u8>(0).map(|b| b >> 4) {
+        Ok(4) => (AF_INET, [ctx.load(dir.remote4).unwrap_or(0), 0, 0, 0], 0),
+        Ok(6) => (AF_INET6, ctx.load(dir.remote6).unwrap_or([0; 4]), 0),
+        _ => (0, [0; 4], 0),
     }
 }
 

@@ -144,6 +144,32 @@ pub struct Status {
     pub programs: Vec<String>,
 }
 
+/// One refused, audited or dropped operation (GET /v1/events).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// Increasing sequence number; ask for `?after=SEQ` to get newer ones.
+    pub seq: u64,
+    /// When the agent read it, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub container: String,
+    /// The counter it was counted under, e.g. "bind_refused" or "ingress_dropped".
+    pub what: String,
+    /// The errno the process got (absent for dropped packets).
+    pub errno: Option<String>,
+    /// The address involved, when there is one.
+    pub address: Option<String>,
+    /// Audit mode let it through.
+    pub audited: bool,
+}
+
+/// GET /v1/events?after=SEQ
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub events: Vec<EventInfo>,
+    /// Pass as `after` to get only newer events.
+    pub last: u64,
+}
+
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

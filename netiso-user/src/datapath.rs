@@ -188,6 +188,12 @@ impl Datapath {
         })
     }
 
+    /// Hands out the events ring buffer (once) for the agent's reader task.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map(maps::EVENTS)?;
+        aya::maps::RingBuf::try_from(map).ok()
+    }
+
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
     }

@@ -170,3 +170,67 @@ fn policy_errors_are_clear_and_change_nothing() {
     let table = w.agent.cli(&["policy", "ls"]).ok();
     assert!(table.stdout.starts_with("FROM"));
 }
+
+// What the datapath refuses, audits or drops shows up in `netiso events`, with the container,
+// the hook, the errno and the address.
+#[test]
+fn refusals_are_reported_as_events() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new("pol-ev");
+    let a = w.container("a", &["192.0.2.10"], &[]);
+    let b = w.container("b", &["192.0.2.20"], &["--isolated"]);
+    let aud = w.container("aud", &["198.51.100.7"], &["--mode", "audit"]);
+    let srv = Background::spawn(&w.ns, &b, &["socket tcp4", "bind 0.0.0.0:7520", "listen"]);
+    srv.wait_for("listen");
+    probe_last(&w.ns, &a, &["socket tcp4", "bind 192.0.2.20:7521"]).err();
+    probe_last(&w.ns, &a, &["socket tcp4", "connect 192.0.2.20:7520"]).err();
+    probe_last(&w.ns, &aud, &["socket tcp4", "bind 192.0.2.20:7522"]).addr();
+    let want = [
+        (
+            "a",
+            "bind_refused",
+            Some("EADDRNOTAVAIL"),
+            "192.0.2.20:7521",
+            false,
+        ),
+        (
+            "a",
+            "connect_refused",
+            Some("EACCES"),
+            "192.0.2.20:7520",
+            false,
+        ),
+        (
+            "aud",
+            "bind_refused",
+            Some("EADDRNOTAVAIL"),
+            "192.0.2.20:7522",
+            true,
+        ),
+    ];
+    let mut events = Vec::new();
+    netiso_tests::wait_until("three events", std::time::Duration::from_secs(10), || {
+        let out = w.agent.cli(&["--json", "events"]).ok();
+        events = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        events.len() >= 3
+    });
+    for (container, what, errno, addr, audited) in want {
+        assert!(
+            events.iter().any(|e| e["container"] == container
+                && e["what"] == what
+                && e["errno"].as_str() == errno
+                && e["address"] == addr
+                && e["audited"] == audited),
+            "no event {container} {what} {addr} in {events:#?}"
+        );
+    }
+    let table = w.agent.cli(&["events"]).ok();
+    assert!(table.stdout.starts_with("TIME"), "{}", table.stdout);
+    assert!(table.stdout.contains("connect_refused"));
+}

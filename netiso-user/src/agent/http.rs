@@ -5,14 +5,14 @@ use std::{
 };
 
 use axum::{
-    extract::{rejection::JsonRejection, Path, State},
+    extract::{rejection::JsonRejection, Path, Query, State},
     http::StatusCode,
     routing::{delete, get, post, put},
     Json, Router,
 };
 
 use super::{service::Service, ApiError};
-use crate::api::{AddContainer, AddIp, ContainerInfo, PolicyRule, SetMode, Status};
+use crate::api::{AddContainer, AddIp, ContainerInfo, EventsPage, PolicyRule, SetMode, Status};
 
 type Shared = Arc<Mutex<Service>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -38,6 +38,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/containers/{name}/ips", post(add_ip))
         .route("/v1/containers/{name}/ips/{ip}", delete(remove_ip))
         .route("/v1/policy", get(rules).post(set_rule))
+        .route("/v1/events", get(events))
         .fallback(|| async { ApiError::not_found("no such API path; see /v1/status") })
         .with_state(service)
 }
@@ -58,6 +59,16 @@ pub async fn serve(
         })
         .await?;
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn events(State(s): State<Shared>, Query(q): Query<After>) -> Json<EventsPage> {
+    Json(lock(&s).events_after(q.after))
 }
 
 async fn rules(State(s): State<Shared>) -> Json<Vec<PolicyRule>> {

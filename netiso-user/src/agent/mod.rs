@@ -1,4 +1,5 @@
 //! `netiso agent`: loads and pins the datapath, adopts earlier state, serves the API.
+mod events;
 mod http;
 pub mod service;
 
@@ -136,7 +137,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let started = Datapath::open(&opts.bpffs, &root)
         .with_context(|| format!("setting up the datapath under {}", opts.bpffs.display()))
         .and_then(|dp| Service::start(dp, state, opts.state_dir.clone(), mount, root.clone()));
-    let service = match started {
+    let mut service = match started {
         Ok(s) => s,
         Err(e) => {
             let _ = fs::remove_file(&opts.socket);
@@ -150,10 +151,25 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.state_dir.display(),
         opts.socket.display()
     );
+    let ring = service.take_events();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(http::serve(listener, Arc::new(Mutex::new(service))));
+    let shared = Arc::new(Mutex::new(service));
+    let result = rt.block_on(async {
+        match ring {
+            Some(rb) => {
+                let s = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = events::read(rb, s).await {
+                        warn!("event reader stopped: {e}");
+                    }
+                });
+            }
+            None => warn!("no EVENTS ring buffer: `netiso events` will stay empty"),
+        }
+        http::serve(listener, shared).await
+    });
     let _ = fs::remove_file(&opts.socket);
     info!("agent stopped; the pinned programs keep enforcing");
     result

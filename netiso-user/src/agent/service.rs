@@ -31,6 +31,8 @@ fn rule_ids(state: &State) -> Vec<(u32, u32, bool)> {
 }
 
 pub struct Service {
+    /// Refused, audited and dropped operations reported by the kernel.
+    pub events: super::events::EventLog,
     datapath: Datapath,
     state: State,
     state_dir: PathBuf,
@@ -73,6 +75,7 @@ impl Service {
             if state.enabled { "enabled" } else { "disabled" }
         );
         Ok(Service {
+            events: Default::default(),
             datapath,
             state,
             state_dir,
@@ -377,6 +380,30 @@ impl Service {
                 },
             })
             .collect()
+    }
+
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.datapath.take_events()
+    }
+
+    /// Events after sequence number `after`, named by container.
+    pub fn events_after(&self, after: u64) -> crate::api::EventsPage {
+        let names: BTreeMap<u32, &String> = self
+            .state
+            .containers
+            .iter()
+            .map(|(n, s)| (s.id, n))
+            .collect();
+        let events = self.events.after(after, |id| {
+            names
+                .get(&id)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| format!("#{id}"))
+        });
+        crate::api::EventsPage {
+            events,
+            last: self.events.last(),
+        }
     }
 
     pub fn root(&self) -> &Path {

@@ -1,6 +1,7 @@
 //! The `netiso` command line: one module per command.
 mod agent;
 mod container;
+mod events;
 mod output;
 mod policy;
 mod run;
@@ -54,6 +55,12 @@ pub enum Command {
     Container(ContainerCmd),
     /// Per-container traffic (rx/tx packets and bytes) and what was refused or dropped.
     Stats,
+    /// Refused, audited and dropped operations, newest last.
+    Events {
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Rules between containers: which may reach which.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -192,6 +199,7 @@ pub fn main() -> i32 {
         Command::Container(c) => container::run(&client(), cli.json, c),
         Command::Stats => stats::run(&client(), cli.json),
         Command::Policy(p) => policy::run(&client(), cli.json, p),
+        Command::Events { follow } => events::run(&client(), cli.json, *follow),
         Command::Run(r) => run::run(&client(), r),
     };
     match result {
