@@ -4,22 +4,14 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-        })
-        .context("no cgroup v2 mount found")
+    netiso_common::host::cgroup2_mount().context("no cgroup v2 mount found")
 }
 
 /// Moves the calling (single-threaded) process into the network namespace at `path`.
@@ -75,21 +67,7 @@ pub fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
 
 /// Removes a cgroup subtree, killing whatever runs in it.
 pub fn remove_cgroup_tree(p: &Path) {
-    if !p.exists() {
-        return;
-    }
-    let _ = fs::write(p.join("cgroup.kill"), "1");
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::remove_dir(p).is_err() && p.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    netiso_common::host::destroy_cgroup(p, Duration::from_secs(10));
 }
 
 /// Kernel-side memory in KiB as /proc/meminfo shows it: Slab + Percpu + KernelStack +

@@ -73,14 +73,7 @@ impl Drop for TmpDir {
 }
 
 fn cgroup2_mount() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-        })
-        .expect("cgroup v2 mount")
+    netiso_common::host::cgroup2_mount().expect("cgroup v2 mount")
 }
 
 #[test]

@@ -4,8 +4,10 @@
 //! layout byte for byte; `tests` at the bottom pin the sizes. Addresses are kept in the form the
 //! kernel hands to sock_addr programs: IPv4 as a `u32` whose in-memory bytes are the address in
 //! network order (`u32::from_ne_bytes(octets)`), IPv6 as four such words.
-#![cfg_attr(not(any(feature = "user", test)), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+#[cfg(any(feature = "std", test))]
+pub mod host;
 pub mod policy;
 
 /// Raw IPv4 address: in-memory bytes are the octets in network order.

@@ -35,23 +35,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
     }
 }
 
-/// The cgroup v2 mount point, read from /proc/self/mountinfo (never hard-coded: hybrid hosts
-/// mount it at /sys/fs/cgroup/unified).
+/// The cgroup v2 mount point, read from /proc/self/mountinfo.
 pub fn mount_point() -> Result<PathBuf, CgroupError> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
-    parse_mountinfo(&info).ok_or(CgroupError::NoCgroup2)
-}
-
-fn parse_mountinfo(info: &str) -> Option<PathBuf> {
-    info.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mount = pre.split_whitespace().nth(4)?;
-        Some(PathBuf::from(mount.replace("\\040", " ")))
-    })
+    netiso_common::host::cgroup2_mount().ok_or(CgroupError::NoCgroup2)
 }
 
 /// A validated cgroup v2 directory.
@@ -141,27 +127,5 @@ pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("removing cgroup", path)(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_layout() {
-        let info = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
-                    35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
-                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_mountinfo(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    #[test]
-    fn no_cgroup2_is_none() {
-        let info = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n";
-        assert_eq!(parse_mountinfo(info), None);
     }
 }

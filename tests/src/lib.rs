@@ -54,15 +54,7 @@ pub fn privileged() -> bool {
     }
 }
 
-/// The cgroup v2 mount point, from /proc/self/mountinfo.
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2")
-            .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-    })
-}
+pub use netiso_common::host::cgroup2_mount;
 
 /// Directory holding the workspace's built binaries (target/debug).
 pub fn bin_dir() -> PathBuf {
@@ -184,24 +176,9 @@ impl CgroupTree {
     }
 }
 
-fn remove_cgroup_tree(p: &Path) {
-    let _ = fs::write(p.join("cgroup.kill"), "1");
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::remove_dir(p).is_err() && p.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Drop for CgroupTree {
     fn drop(&mut self) {
-        remove_cgroup_tree(&self.root);
+        netiso_common::host::destroy_cgroup(&self.root, Duration::from_secs(10));
     }
 }
 

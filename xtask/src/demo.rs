@@ -4,7 +4,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Mutex,
     thread,
@@ -33,17 +33,6 @@ fn say(title: &str) {
 
 fn cmd_line(args: &[&str]) {
     println!("\x1b[36m$ {}\x1b[0m", args.join(" "));
-}
-
-fn cgroup2_mount() -> Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-        })
-        .context("no cgroup v2 mount found")
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
@@ -105,28 +94,13 @@ fn teardown() {
         .stderr(Stdio::null())
         .status();
     if let Some(root) = CGROUP_ROOT.lock().unwrap().take() {
-        remove_cgroup(&root);
+        netiso_common::host::destroy_cgroup(&root, Duration::from_secs(5));
     }
     let _ = Command::new("ip")
         .args(["netns", "del", NETNS])
         .stderr(Stdio::null())
         .status();
     let _ = fs::remove_dir_all(TMP);
-}
-
-fn remove_cgroup(p: &Path) {
-    let _ = fs::write(p.join("cgroup.kill"), "1");
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                remove_cgroup(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while fs::remove_dir(p).is_err() && p.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn run() -> Result<()> {
@@ -219,7 +193,7 @@ fn fetch(addr: &str) -> String {
 
 fn tour() -> Result<()> {
     let root = crate::workspace_root();
-    let mount = cgroup2_mount()?;
+    let mount = netiso_common::host::cgroup2_mount().context("no cgroup v2 mount found")?;
     let cgroup_root = mount.join("netiso-demo");
     fs::create_dir_all(&cgroup_root)?;
     *CGROUP_ROOT.lock().unwrap() = Some(cgroup_root.clone());
