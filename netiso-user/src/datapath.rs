@@ -239,16 +239,11 @@ impl Datapath {
         for (f, t, a) in rules {
             self.set_rule(*f, *t, Some(*a))?;
         }
-        let stale: Vec<PolicyKey> = self
-            .policy()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !rules.iter().any(|(f, t, _)| k.from == *f && k.to == *t))
-            .collect();
-        for k in stale {
-            ignore_missing(self.policy()?.remove(&k)).map_err(map_err("POLICY"))?;
-        }
-        Ok(())
+        prune(
+            self.policy()?,
+            |k| rules.iter().any(|(f, t, _)| k.from == *f && k.to == *t),
+            "POLICY",
+        )
     }
 
     fn config(&mut self) -> Result<Array<&mut MapData, u32>, DatapathError> {
@@ -392,58 +387,32 @@ impl Datapath {
             .into_iter()
             .flat_map(|s| s.ips.iter().copied())
             .collect();
-
-        let stale: Vec<u64> = self
-            .containers()?
+        let keep4: Vec<Ip4> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) => Some(ip4_raw(*a)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let keep6: Vec<Ip6> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(a) => Some(ip6_raw(*a)),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        prune(self.containers()?, |k| cgroups.contains(k), "CONTAINERS")?;
+        prune(self.owned4()?, |k| keep4.contains(k), "OWNED4")?;
+        prune(self.owned6()?, |k| keep6.contains(k), "OWNED6")?;
+        prune(self.isolated()?, |k| ids.contains(k), "ISOLATED")?;
+        let mut counters = self.counters_map()?;
+        let stale: Vec<u32> = counters
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !cgroups.contains(k))
+            .filter(|k| !ids.contains(k))
             .collect();
         for k in stale {
-            info!("removing stale container entry for cgroup id {k}");
-            ignore_missing(self.containers()?.remove(&k)).map_err(map_err("CONTAINERS"))?;
-        }
-        let stale4: Vec<Ip4> = self
-            .owned4()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                !ips.iter()
-                    .any(|ip| matches!(ip, IpAddr::V4(a) if ip4_raw(*a) == *k))
-            })
-            .collect();
-        for k in stale4 {
-            ignore_missing(self.owned4()?.remove(&k)).map_err(map_err("OWNED4"))?;
-        }
-        let stale6: Vec<Ip6> = self
-            .owned6()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                !ips.iter()
-                    .any(|ip| matches!(ip, IpAddr::V6(a) if ip6_raw(*a) == *k))
-            })
-            .collect();
-        for k in stale6 {
-            ignore_missing(self.owned6()?.remove(&k)).map_err(map_err("OWNED6"))?;
-        }
-        let stale_ids: Vec<u32> = self
-            .counters_map()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !ids.contains(k))
-            .collect();
-        for k in stale_ids {
-            ignore_missing(self.counters_map()?.remove(&k)).map_err(map_err("COUNTERS"))?;
-        }
-        let stale_iso: Vec<u32> = self
-            .isolated()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !ids.contains(k))
-            .collect();
-        for k in stale_iso {
-            ignore_missing(self.isolated()?.remove(&k)).map_err(map_err("ISOLATED"))?;
+            ignore_missing(counters.remove(&k)).map_err(map_err("COUNTERS"))?;
         }
         Ok(())
     }
@@ -486,6 +455,24 @@ impl Datapath {
         fs::remove_dir(bpffs).map_err(io_err("removing", bpffs))?;
         Ok(removed)
     }
+}
+
+/// Removes every entry of `map` whose key `keep` rejects.
+fn prune<K: aya::Pod, V: aya::Pod>(
+    mut map: HashMap<&mut MapData, K, V>,
+    keep: impl Fn(&K) -> bool,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep(k))
+        .collect();
+    for k in stale {
+        debug!("removing a stale {name} entry");
+        ignore_missing(map.remove(&k)).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
