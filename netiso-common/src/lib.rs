@@ -8,6 +8,7 @@
 
 #[cfg(any(feature = "std", test))]
 pub mod host;
+pub mod packet;
 pub mod policy;
 
 /// Raw IPv4 address: in-memory bytes are the octets in network order.
@@ -142,7 +143,16 @@ pub mod counter {
     pub const POLICY_REFUSED: usize = 18;
     /// Packets from a container the policy does not let reach this one.
     pub const POLICY_DROPPED: usize = 19;
-    pub const LEN: usize = 20;
+    /// Packets and bytes the per-interface TC programs attribute to the container: by
+    /// destination address on ingress, by source address on egress.
+    pub const IFACE_RX_PACKETS: usize = 20;
+    pub const IFACE_RX_BYTES: usize = 21;
+    pub const IFACE_TX_PACKETS: usize = 22;
+    pub const IFACE_TX_BYTES: usize = 23;
+    /// Packets to or from the container dropped at an interface because their headers are
+    /// truncated or malformed, or (egress) because they are not IP at all.
+    pub const MALFORMED_DROPPED: usize = 24;
+    pub const LEN: usize = 25;
     pub const NAMES: [&str; LEN] = [
         "bind_allowed",
         "bind_rewritten",
@@ -164,6 +174,11 @@ pub mod counter {
         "egress_dropped",
         "policy_refused",
         "policy_dropped",
+        "iface_rx_packets",
+        "iface_rx_bytes",
+        "iface_tx_packets",
+        "iface_tx_bytes",
+        "malformed_dropped",
     ];
 }
 
@@ -175,7 +190,7 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const POLICY: &str = "POLICY";
-    pub const ISOLATED: &str = "ISOLATED";
+    pub const IDS: &str = "IDS";
     pub const EVENTS: &str = "EVENTS";
 }
 

@@ -1,28 +1,32 @@
 //! netiso's kernel side: cgroup socket hooks that keep every socket of a container on the
-//! addresses it owns.
+//! addresses it owns, cgroup_skb programs that hold every packet of a container socket to the
+//! same rule, and TC programs on chosen interfaces that attribute, police and sanity-check
+//! packets by address.
 //!
-//! Each hook is thin: find the calling task's container (pass through when there is none or
-//! netiso is disabled), call `try_*`, which asks `netiso_common::policy` for a decision and
-//! applies it, then `finish` turns the result into the one verdict per error class.
+//! Each hook is thin: find the container (pass through when there is none or netiso is
+//! disabled), call `try_*`, which asks `netiso_common::policy` for a decision and applies it,
+//! then one function per program family (`finish`, `run_skb`, `run_tc`) turns the result into
+//! the verdict.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr, sockaddr},
+    bindings::{bpf_sock, bpf_sock_addr, bpf_sock_tuple, sockaddr},
     helpers::{
         bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_set_retval,
-        bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
+        bpf_sk_fullsock, bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id,
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier, map},
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext, TcContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use netiso_common::{
     config, counter,
+    packet::{self, Frame, Headers, Kind, Plain},
     policy::{self, Bind, Bound, Deny, Ownership, Reachability, Rewrite, AF_INET, AF_INET6},
-    Container, Counters, Event, Ip4, Ip6, PolicyKey, EVENTS_BYTES, EVENT_AUDITED, MAX_ADDRESSES,
-    MAX_CGROUP_LEVELS, MAX_CONTAINERS,
+    Container, Counters, Event, Ip4, Ip6, PolicyKey, EVENTS_BYTES, EVENT_AUDITED, FLAG_ISOLATED,
+    MAX_ADDRESSES, MAX_CGROUP_LEVELS, MAX_CONTAINERS,
 };
 
 const ALLOW: i32 = 1;
@@ -51,9 +55,9 @@ static COUNTERS: PerCpuHashMap<u32, Counters> =
 /// Explicit rules between containers: (from, to) -> 1 allow, 0 deny.
 #[map(name = "POLICY")]
 static POLICY: HashMap<PolicyKey, u32> = HashMap::pinned(MAX_ADDRESSES, BPF_F_NO_PREALLOC);
-/// Ids of isolated containers (reachable only from containers a rule allows).
-#[map(name = "ISOLATED")]
-static ISOLATED: HashMap<u32, u32> = HashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
+/// Container id -> container: the TC programs find containers by address, hence by id.
+#[map(name = "IDS")]
+static IDS: HashMap<u32, Container> = HashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
 
 /// Refused, audited and dropped operations for `netiso events`. Best effort: when the agent
 /// falls behind, events are lost; the counters stay exact.
@@ -142,7 +146,7 @@ impl Reachability for MapOwner {
     }
     #[inline(always)]
     fn isolated(&self, id: u32) -> bool {
-        unsafe { ISOLATED.get(id) }.is_some()
+        matches!(unsafe { IDS.get(id) }, Some(c) if c.flags & FLAG_ISOLATED != 0)
     }
     #[inline(always)]
     fn rule(&self, from: u32, to: u32) -> Option<bool> {
@@ -638,10 +642,18 @@ fn run_skb(ctx: &SkBuffContext, dir: Direction) -> i32 {
 
 #[inline(always)]
 fn count_packet(c: &Container, dir: Direction, len: u32) {
-    if let Some(v) = COUNTERS.get_ptr_mut(c.id) {
+    count_bytes(c.id, dir.packets, dir.bytes, len);
+}
+
+#[inline(always)]
+fn count_bytes(id: u32, packets: usize, bytes: usize, len: u32) {
+    if packets >= counter::LEN || bytes >= counter::LEN {
+        return;
+    }
+    if let Some(v) = COUNTERS.get_ptr_mut(id) {
         unsafe {
-            (*v).v[dir.packets] += 1;
-            (*v).v[dir.bytes] += u64::from(len);
+            (*v).v[packets] += 1;
+            (*v).v[bytes] += u64::from(len);
         }
     }
 }
@@ -722,6 +734,215 @@ fn starts_flow(ctx: &SkBuffContext) -> bool {
 #[inline(always)]
 fn reach_in(from: u32, to: u32, own: &MapOwner) -> Result<(), Deny> {
     policy::reach(from, Some(to), own)
+}
+
+// ---- packet layer: TC programs on the interfaces given with --iface ----
+
+/// TCX verdicts. netiso never says "pass": what it lets through goes on to the next program
+/// on the interface (or the stack), so it composes with other TC users.
+const TC_NEXT: i32 = -1;
+const TC_DROP: i32 = 2;
+
+/// `BPF_F_CURRENT_NETNS` for the socket lookup helpers.
+const CURRENT_NETNS: u64 = u64::MAX;
+
+/// The frame behind a TC context, read only through the kernel's bounds-checked
+/// `bpf_skb_load_bytes` (also correct for non-linear skbs).
+struct SkbFrame<'a>(&'a TcContext);
+
+impl Frame for SkbFrame<'_> {
+    #[inline(always)]
+    fn load<T: Plain>(&self, offset: usize) -> Option<T> {
+        self.0.load::<T>(offset).ok()
+    }
+}
+
+/// What a TC program decided.
+enum TcVerdict {
+    /// No container is involved: untouched.
+    NotOurs,
+    /// The packet belongs to this container: counted, let through.
+    Attributed(u32),
+    /// Refused: charged to `c` under counter `kind`, `subject` is the address at fault.
+    Drop {
+        c: Container,
+        kind: usize,
+        subject: Subject,
+    },
+}
+
+#[derive(Clone, Copy)]
+struct TcDirection {
+    packets: usize,
+    bytes: usize,
+}
+
+const TC_RX: TcDirection = TcDirection {
+    packets: counter::IFACE_RX_PACKETS,
+    bytes: counter::IFACE_RX_BYTES,
+};
+const TC_TX: TcDirection = TcDirection {
+    packets: counter::IFACE_TX_PACKETS,
+    bytes: counter::IFACE_TX_BYTES,
+};
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    run_tc(&ctx, TC_RX, try_tc_ingress)
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    run_tc(&ctx, TC_TX, try_tc_egress)
+}
+
+/// The one place TC verdicts are made; audit mode counts what it would drop and lets it go.
+#[inline(always)]
+fn run_tc(ctx: &TcContext, dir: TcDirection, try_tc: fn(&TcContext) -> TcVerdict) -> i32 {
+    if config(config::DISABLED) != 0 {
+        return TC_NEXT;
+    }
+    match try_tc(ctx) {
+        TcVerdict::NotOurs => TC_NEXT,
+        TcVerdict::Attributed(id) => {
+            count_bytes(id, dir.packets, dir.bytes, ctx.len());
+            TC_NEXT
+        }
+        TcVerdict::Drop { c, kind, subject } => {
+            emit(&c, kind, 0, c.audit(), subject);
+            if c.audit() {
+                count(c.id, counter::AUDITED);
+                count_bytes(c.id, dir.packets, dir.bytes, ctx.len());
+                return TC_NEXT;
+            }
+            count(c.id, kind);
+            TC_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn owner(family: u32, addr: &Ip6) -> Option<u32> {
+    if family == AF_INET {
+        unsafe { OWNED4.get(addr[0]) }.copied()
+    } else {
+        unsafe { OWNED6.get(addr) }.copied()
+    }
+}
+
+/// Ingress steering: the destination address names the container. A packet from another
+/// container that may not reach it is dropped here, before the stack spends work on it.
+/// Frames without readable addresses concern no container; the stack drops broken IP itself.
+fn try_tc_ingress(ctx: &TcContext) -> TcVerdict {
+    let h = packet::parse(&SkbFrame(ctx));
+    if !h.is_ip() {
+        return TcVerdict::NotOurs;
+    }
+    let Some(to) = owner(h.family, &h.dst) else {
+        return TcVerdict::NotOurs;
+    };
+    let Some(c) = (unsafe { IDS.get(to) }).copied() else {
+        return TcVerdict::NotOurs;
+    };
+    let subject = (h.family, h.src, 0);
+    if h.kind == Kind::Malformed {
+        return TcVerdict::Drop {
+            c,
+            kind: counter::MALFORMED_DROPPED,
+            subject,
+        };
+    }
+    if let Some(from) = owner(h.family, &h.src) {
+        if starts_flow_tc(ctx, &h) && policy::reach(from, Some(to), &MapOwner(to)).is_err() {
+            return TcVerdict::Drop {
+                c,
+                kind: counter::POLICY_DROPPED,
+                subject,
+            };
+        }
+    }
+    TcVerdict::Attributed(to)
+}
+
+/// Egress attribution: by source address. A container socket may only send IP packets from
+/// addresses its container owns; host sockets and the kernel's own replies are attributed to
+/// the owner of their source and never judged.
+fn try_tc_egress(ctx: &TcContext) -> TcVerdict {
+    let skb = ctx.skb.skb;
+    let sock = container_of(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, level) });
+    let h = packet::parse(&SkbFrame(ctx));
+    let Some(c) = sock else {
+        if !h.is_ip() {
+            return TcVerdict::NotOurs;
+        }
+        return owner(h.family, &h.src).map_or(TcVerdict::NotOurs, TcVerdict::Attributed);
+    };
+    if !h.is_ip() || h.kind == Kind::Malformed {
+        // Not IP, or not parseable: a container has no business sending it.
+        return TcVerdict::Drop {
+            c,
+            kind: counter::MALFORMED_DROPPED,
+            subject: (h.family, h.dst, 0),
+        };
+    }
+    let own = MapOwner(c.id);
+    let allowed = if h.family == AF_INET {
+        policy::packet4(&c, h.src4(), &own)
+    } else {
+        policy::packet6(&c, &h.src, &own)
+    };
+    match allowed {
+        Ok(()) => TcVerdict::Attributed(c.id),
+        Err(_) => TcVerdict::Drop {
+            c,
+            kind: counter::EGRESS_DROPPED,
+            subject: (h.family, h.src, 0),
+        },
+    }
+}
+
+/// Whether an arriving packet may open a flow (see `starts_flow` for the socket-level twin):
+/// a TCP SYN, an echo request, any other protocol; a UDP datagram unless the socket it is
+/// for is connected (a reply on a flow that socket opened); never a later fragment, whose
+/// first fragment carried the decision.
+#[inline(always)]
+fn starts_flow_tc(ctx: &TcContext, h: &Headers) -> bool {
+    match h.kind {
+        Kind::Tcp | Kind::Icmp | Kind::LaterFragment => false,
+        Kind::Udp => !udp_connected(ctx, h),
+        _ => true,
+    }
+}
+
+/// Looks up the local UDP socket this datagram is for and reports whether it is connected.
+#[inline(always)]
+fn udp_connected(ctx: &TcContext, h: &Headers) -> bool {
+    let (sport, dport) = (h.sport, h.dport);
+    // SAFETY: bpf_sock_tuple is plain data; all-zero is a valid value.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if h.family == AF_INET {
+        let v4 = unsafe { &mut t.__bindgen_anon_1.ipv4 };
+        v4.saddr = h.src4();
+        v4.daddr = h.dst4();
+        v4.sport = sport.to_be();
+        v4.dport = dport.to_be();
+        core::mem::size_of_val(v4)
+    } else {
+        let v6 = unsafe { &mut t.__bindgen_anon_1.ipv6 };
+        v6.saddr = h.src;
+        v6.daddr = h.dst;
+        v6.sport = sport.to_be();
+        v6.dport = dport.to_be();
+        core::mem::size_of_val(v6)
+    };
+    let sk =
+        unsafe { bpf_sk_lookup_udp(ctx.skb.skb as *mut _, &mut t, size as u32, CURRENT_NETNS, 0) };
+    if sk.is_null() {
+        return false;
+    }
+    let state = rd(unsafe { addr_of!((*sk).state) });
+    unsafe { bpf_sk_release(sk as *mut _) };
+    state == TCP_ESTABLISHED
 }
 
 #[cfg(not(test))]

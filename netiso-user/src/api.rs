@@ -53,6 +53,25 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks an interface name the way the kernel does (dev_valid_name): 1-15 bytes, not "."
+/// or "..", no '/', ':' or whitespace.
+pub fn validate_iface(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid interface name {name:?}: 1-15 characters, no '/', ':' or spaces"
+        ))
+    }
+}
+
 /// POST /v1/containers
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddContainer {
@@ -142,6 +161,39 @@ pub struct Status {
     pub containers: usize,
     /// Attached programs (hook names), each pinned under `bpffs/links`.
     pub programs: Vec<String>,
+    /// Interfaces with the TC programs (see GET /v1/ifaces for their state).
+    #[serde(default)]
+    pub ifaces: Vec<String>,
+}
+
+/// Whether the TC programs are on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfaceState {
+    /// Both programs are attached.
+    Attached,
+    /// No such interface in the agent's network namespace (it stays configured).
+    Missing,
+    /// The interface exists without the programs (re-created?): `netiso iface add` repairs it.
+    Detached,
+}
+
+impl fmt::Display for IfaceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IfaceState::Attached => "attached",
+            IfaceState::Missing => "missing",
+            IfaceState::Detached => "detached",
+        })
+    }
+}
+
+/// A configured interface (GET /v1/ifaces, PUT /v1/ifaces/{name}).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IfaceInfo {
+    pub name: String,
+    pub state: IfaceState,
+    pub ifindex: Option<u32>,
 }
 
 /// One refused, audited or dropped operation (GET /v1/events).

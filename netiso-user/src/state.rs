@@ -63,6 +63,9 @@ pub struct State {
     pub containers: BTreeMap<String, ContainerSpec>,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Interfaces the TC programs are attached to, sorted.
+    #[serde(default)]
+    pub ifaces: Vec<String>,
 }
 
 impl Default for State {
@@ -74,6 +77,7 @@ impl Default for State {
             next_id: 1,
             containers: BTreeMap::new(),
             rules: Vec::new(),
+            ifaces: Vec::new(),
         }
     }
 }
@@ -150,6 +154,7 @@ mod tests {
                 isolated: true,
             },
         );
+        s.ifaces = vec!["eth0.100".into(), "lo".into()];
         s.save(&dir).unwrap();
         assert_eq!(State::load(&dir).unwrap(), s);
         assert!(!dir.join(format!(".{STATE_FILE}.tmp")).exists());

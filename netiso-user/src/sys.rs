@@ -60,15 +60,12 @@ pub fn is_bpffs(path: &Path) -> bool {
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
-/// Attaches `prog` to the cgroup `target` as a bpf link (multi-attach, composes with others).
-pub fn link_create(
-    prog: BorrowedFd<'_>,
-    target: BorrowedFd<'_>,
-    attach_type: u32,
-) -> io::Result<OwnedFd> {
+/// Attaches `prog` as a bpf link to `target`: a cgroup fd, or an ifindex for TCX. Both kinds
+/// are multi-attach and compose with other programs.
+pub fn link_create(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 16];
-    // struct { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; }
-    attr[0] = (prog.as_raw_fd() as u32 as u64) | ((target.as_raw_fd() as u32 as u64) << 32);
+    // struct { u32 prog_fd; u32 target_fd_or_ifindex; u32 attach_type; u32 flags; }
+    attr[0] = (prog.as_raw_fd() as u32 as u64) | ((target as u64) << 32);
     attr[1] = attach_type as u64;
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a fresh file descriptor we now own.
@@ -83,4 +80,58 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     attr[0] = c.as_ptr() as u64;
     attr[1] = fd.as_raw_fd() as u32 as u64;
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says about a TCX link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcxLinkInfo {
+    pub prog_id: u32,
+    /// 0 once the interface is gone (the link is then defunct).
+    pub ifindex: u32,
+}
+
+/// Reads a TCX link's program id and interface.
+pub fn tcx_link_info(link: BorrowedFd<'_>) -> io::Result<TcxLinkInfo> {
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) { ...
+    //   struct { u32 ifindex; u32 attach_type; } tcx; } }
+    let mut info = [0u64; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = (link.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(TcxLinkInfo {
+        prog_id: (info[1] & 0xffff_ffff) as u32,
+        ifindex: (info[2] & 0xffff_ffff) as u32,
+    })
+}
+
+const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+pub const ARPHRD_ETHER: u16 = 1;
+pub const ARPHRD_LOOPBACK: u16 = 772;
+
+/// An interface's index and link type (ARPHRD_*) in the caller's network namespace.
+pub fn interface(name: &str) -> io::Result<(u32, u16)> {
+    let index = nix::net::if_::if_nametoindex(name).map_err(io::Error::from)?;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: ifreq is plain data; the name fits (if_nametoindex accepted it, so < IFNAMSIZ).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we pass.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFHWADDR as _, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel set the hwaddr member of the union.
+    let ty = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    Ok((index, ty))
 }

@@ -12,7 +12,9 @@ use axum::{
 };
 
 use super::{service::Service, ApiError};
-use crate::api::{AddContainer, AddIp, ContainerInfo, EventsPage, PolicyRule, SetMode, Status};
+use crate::api::{
+    AddContainer, AddIp, ContainerInfo, EventsPage, IfaceInfo, PolicyRule, SetMode, Status,
+};
 
 type Shared = Arc<Mutex<Service>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -39,6 +41,8 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/containers/{name}/ips/{ip}", delete(remove_ip))
         .route("/v1/policy", get(rules).post(set_rule))
         .route("/v1/events", get(events))
+        .route("/v1/ifaces", get(ifaces))
+        .route("/v1/ifaces/{name}", put(add_iface).delete(remove_iface))
         .fallback(|| async { ApiError::not_found("no such API path; see /v1/status") })
         .with_state(service)
 }
@@ -141,4 +145,21 @@ async fn remove_ip(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{ip:?} is not an IP address")))?;
     lock(&s).remove_ip(&name, ip).map(Json)
+}
+
+async fn ifaces(State(s): State<Shared>) -> Json<Vec<IfaceInfo>> {
+    Json(lock(&s).ifaces())
+}
+
+async fn add_iface(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<IfaceInfo> {
+    lock(&s).add_iface(&name).map(Json)
+}
+
+async fn remove_iface(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    lock(&s)
+        .remove_iface(&name)
+        .map(|()| StatusCode::NO_CONTENT)
 }

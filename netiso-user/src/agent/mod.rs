@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub bpffs: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// Interfaces to attach the TC programs to (added to those in the state).
+    pub ifaces: Vec<String>,
 }
 
 /// The optional TOML config file (`--config`); flags win over it.
@@ -46,6 +48,8 @@ pub struct ConfigFile {
     pub bpffs: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    #[serde(default)]
+    pub ifaces: Vec<String>,
 }
 
 impl ConfigFile {
@@ -136,7 +140,16 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listener = bind_socket(&opts.socket)?;
     let started = Datapath::open(&opts.bpffs, &root)
         .with_context(|| format!("setting up the datapath under {}", opts.bpffs.display()))
-        .and_then(|dp| Service::start(dp, state, opts.state_dir.clone(), mount, root.clone()));
+        .and_then(|dp| {
+            Service::start(
+                dp,
+                state,
+                opts.state_dir.clone(),
+                mount,
+                root.clone(),
+                &opts.ifaces,
+            )
+        });
     let mut service = match started {
         Ok(s) => s,
         Err(e) => {

@@ -7,13 +7,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use anyhow::Context;
 use log::{info, warn};
 
 use super::ApiError;
 use crate::{
-    api::{AddContainer, ContainerInfo, Mode, PolicyAction, PolicyRule, Status},
+    api::{
+        AddContainer, ContainerInfo, IfaceInfo, IfaceState, Mode, PolicyAction, PolicyRule, Status,
+    },
     cgroup,
-    datapath::{Datapath, PROGRAMS},
+    datapath::{Datapath, IfaceStatus, PROGRAMS},
     state::{ContainerSpec, Rule, State},
 };
 
@@ -42,13 +45,16 @@ pub struct Service {
 
 impl Service {
     /// Adopts `state` into a freshly opened datapath: re-resolves each container's cgroup (it
-    /// may have been recreated while the agent was down) and makes the maps match.
+    /// may have been recreated while the agent was down) and makes the maps match. Attaches
+    /// the TC programs to the state's interfaces (a missing one stays configured) and to
+    /// `ifaces` from the command line (which must exist).
     pub fn start(
         mut datapath: Datapath,
         mut state: State,
         state_dir: PathBuf,
         mount: PathBuf,
         root: PathBuf,
+        ifaces: &[String],
     ) -> anyhow::Result<Service> {
         for (name, spec) in state.containers.iter_mut() {
             match cgroup::resolve(&mount, &root, &spec.cgroup) {
@@ -67,6 +73,22 @@ impl Service {
         datapath.reconcile(state.containers.values())?;
         datapath.reconcile_rules(&rule_ids(&state))?;
         datapath.set_enabled(state.enabled)?;
+        for name in &state.ifaces {
+            if let Err(e) = datapath.attach_iface(name) {
+                warn!("{e}; it stays configured, `netiso iface add {name}` retries");
+            }
+        }
+        for name in ifaces {
+            validate_iface(name).map_err(|e| anyhow::anyhow!(e.message))?;
+            datapath
+                .attach_iface(name)
+                .with_context(|| format!("--iface {name}"))?;
+            if !state.ifaces.contains(name) {
+                state.ifaces.push(name.clone());
+            }
+        }
+        state.ifaces.sort();
+        datapath.prune_ifaces(&state.ifaces)?;
         state.cgroup_root = Some(root.clone());
         state.save(&state_dir)?;
         info!(
@@ -93,7 +115,65 @@ impl Service {
             state_dir: self.state_dir.clone(),
             containers: self.state.containers.len(),
             programs: PROGRAMS.iter().map(|(p, _)| p.to_string()).collect(),
+            ifaces: self.state.ifaces.clone(),
         }
+    }
+
+    pub fn ifaces(&self) -> Vec<IfaceInfo> {
+        self.state.ifaces.iter().map(|n| self.iface(n)).collect()
+    }
+
+    fn iface(&self, name: &str) -> IfaceInfo {
+        let (state, ifindex) = match self.datapath.iface_status(name) {
+            IfaceStatus::Attached(i) => (IfaceState::Attached, Some(i)),
+            IfaceStatus::Missing => (IfaceState::Missing, None),
+            IfaceStatus::Detached => (IfaceState::Detached, None),
+        };
+        IfaceInfo {
+            name: name.to_owned(),
+            state,
+            ifindex,
+        }
+    }
+
+    /// Attaches the TC programs to an interface (again: also repairs a re-created one).
+    pub fn add_iface(&mut self, name: &str) -> Result<IfaceInfo, ApiError> {
+        validate_iface(name)?;
+        self.datapath.attach_iface(name).map_err(|e| match e {
+            crate::datapath::DatapathError::NoIface { .. }
+            | crate::datapath::DatapathError::NotEthernet { .. } => {
+                ApiError::bad_request(e.to_string())
+            }
+            e => ApiError::internal(e),
+        })?;
+        if !self.state.ifaces.iter().any(|n| n == name) {
+            let mut next = self.state.clone();
+            next.ifaces.push(name.to_owned());
+            next.ifaces.sort();
+            let undo = name.to_owned();
+            self.commit(next, move |dp, _| Ok(dp.detach_iface(&undo)?))?;
+            info!("interface {name}: TC programs attached");
+        }
+        Ok(self.iface(name))
+    }
+
+    pub fn remove_iface(&mut self, name: &str) -> Result<(), ApiError> {
+        validate_iface(name)?;
+        if !self.state.ifaces.iter().any(|n| n == name) {
+            return Err(ApiError::not_found(format!(
+                "interface {name:?} is not configured (see `netiso iface ls`)"
+            )));
+        }
+        let mut next = self.state.clone();
+        next.ifaces.retain(|n| n != name);
+        // State first: if saving fails nothing changed; if detaching then fails, the next
+        // agent start prunes the leftover links.
+        self.commit(next, |_, _| Ok(()))?;
+        self.datapath
+            .detach_iface(name)
+            .map_err(ApiError::internal)?;
+        info!("interface {name}: TC programs detached");
+        Ok(())
     }
 
     /// Persists `next`; on failure the datapath is restored to `self.state` by `undo`.
@@ -413,6 +493,10 @@ impl Service {
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
     crate::api::validate_name(name).map_err(ApiError::bad_request)
+}
+
+fn validate_iface(name: &str) -> Result<(), ApiError> {
+    crate::api::validate_iface(name).map_err(ApiError::bad_request)
 }
 
 /// Addresses a container can own: unicast, not loopback (containers get a private one), not

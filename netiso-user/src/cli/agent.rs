@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::CmdResult;
+use super::{iface_arg, CmdResult};
 use crate::agent::{
     self, AgentOptions, ConfigFile, DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
 };
@@ -20,7 +20,11 @@ pub struct AgentArgs {
     /// Directory for the agent's state file [default: /var/lib/netiso]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// TOML file with any of: cgroup-root, bpffs, state-dir, socket. Flags win.
+    /// Attach the per-interface TC programs (address-based accounting, ingress policy,
+    /// anti-spoofing) to IFACE; repeatable. Kept in the state like `netiso iface add`.
+    #[arg(long = "iface", value_name = "IFACE", value_parser = iface_arg)]
+    pub ifaces: Vec<String>,
+    /// TOML file with any of: cgroup-root, bpffs, state-dir, socket, ifaces (a list). Flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Detach and remove everything netiso created (pins, state, socket, `netiso run` cgroups)
@@ -53,6 +57,7 @@ pub fn run(args: &AgentArgs, socket_flag: &Path) -> CmdResult {
             .or(file.state_dir)
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         socket,
+        ifaces: args.ifaces.iter().chain(&file.ifaces).cloned().collect(),
     };
     if args.cleanup {
         agent::cleanup(opts)?;

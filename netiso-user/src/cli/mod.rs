@@ -2,6 +2,7 @@
 mod agent;
 mod container;
 mod events;
+mod iface;
 mod output;
 mod policy;
 mod run;
@@ -64,8 +65,17 @@ pub enum Command {
     /// Rules between containers: which may reach which.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Interfaces with the TC programs: per-container accounting by address, ingress policy
+    /// and anti-spoofing on the wire.
+    #[command(subcommand)]
+    Iface(iface::IfaceCmd),
     /// Run a command in a new container: create a cgroup, register it, run CMD, clean up.
     Run(run::RunArgs),
+}
+
+/// Parses an interface name (it ends up in API paths and pin names).
+pub(crate) fn iface_arg(s: &str) -> Result<String, String> {
+    crate::api::validate_iface(s).map(|()| s.to_owned())
 }
 
 /// Parses a container name (it ends up in API paths and cgroup directory names).
@@ -200,6 +210,7 @@ pub fn main() -> i32 {
         Command::Stats => stats::run(&client(), cli.json),
         Command::Policy(p) => policy::run(&client(), cli.json, p),
         Command::Events { follow } => events::run(&client(), cli.json, *follow),
+        Command::Iface(i) => iface::run(&client(), cli.json, i),
         Command::Run(r) => run::run(&client(), r),
     };
     match result {

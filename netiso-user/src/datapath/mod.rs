@@ -8,7 +8,7 @@
 use std::{
     fs, io,
     net::IpAddr,
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
@@ -26,6 +26,9 @@ use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
 use crate::{api::Mode, state::ContainerSpec, sys};
+
+mod tc;
+pub use tc::{IfaceStatus, TC_PROGRAMS};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netiso"));
 
@@ -62,6 +65,10 @@ pub enum DatapathError {
         name: &'static str,
         source: MapError,
     },
+    #[error("interface {name:?}: {source} (see `ip link`; the agent's network namespace is what counts)")]
+    NoIface { name: String, source: io::Error },
+    #[error("interface {name:?} has link type {link_type}; netiso's TC programs parse Ethernet frames, so only Ethernet-like and loopback interfaces are supported")]
+    NotEthernet { name: String, link_type: u16 },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -181,6 +188,7 @@ impl Datapath {
             })?;
             attach_or_adopt(name, attach_type, prog, &cgroup, &links_dir.join(name))?;
         }
+        tc::load(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
             bpffs: bpffs.to_owned(),
@@ -214,9 +222,9 @@ impl Datapath {
         let m = self.ebpf.map_mut(maps::POLICY).expect("POLICY map");
         HashMap::try_from(m).map_err(map_err("POLICY"))
     }
-    fn isolated(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, DatapathError> {
-        let m = self.ebpf.map_mut(maps::ISOLATED).expect("ISOLATED map");
-        HashMap::try_from(m).map_err(map_err("ISOLATED"))
+    fn ids(&mut self) -> Result<HashMap<&mut MapData, u32, Container>, DatapathError> {
+        let m = self.ebpf.map_mut(maps::IDS).expect("IDS map");
+        HashMap::try_from(m).map_err(map_err("IDS"))
     }
 
     /// Sets (Some) or clears (None) the rule for container `from` reaching container `to`.
@@ -294,7 +302,8 @@ impl Datapath {
     }
 
     /// Registers (or updates) a container: addresses first, the cgroup entry last, so the
-    /// hooks never see a container whose addresses are missing.
+    /// hooks never see a container whose addresses are missing. The id entry (for the TC
+    /// programs, which find containers by address) comes before the cgroup entry too.
     pub fn register(&mut self, spec: &ContainerSpec) -> Result<(), DatapathError> {
         for ip in &spec.ips {
             self.grant(*ip, spec.id)?;
@@ -320,14 +329,10 @@ impl Datapath {
                 .insert(spec.id, zero, 0)
                 .map_err(map_err("COUNTERS"))?;
         }
-        if spec.isolated {
-            self.isolated()?
-                .insert(spec.id, 1, 0)
-                .map_err(map_err("ISOLATED"))?;
-        } else {
-            ignore_missing(self.isolated()?.remove(&spec.id)).map_err(map_err("ISOLATED"))?;
-        }
         let value = container_value(spec);
+        self.ids()?
+            .insert(spec.id, value, 0)
+            .map_err(map_err("IDS"))?;
         self.containers()?
             .insert(spec.cgroup_id, value, 0)
             .map_err(map_err("CONTAINERS"))
@@ -341,7 +346,7 @@ impl Datapath {
         for ip in &spec.ips {
             self.revoke(*ip)?;
         }
-        ignore_missing(self.isolated()?.remove(&spec.id)).map_err(map_err("ISOLATED"))?;
+        ignore_missing(self.ids()?.remove(&spec.id)).map_err(map_err("IDS"))?;
         ignore_missing(self.counters_map()?.remove(&spec.id)).map_err(map_err("COUNTERS"))
     }
 
@@ -404,7 +409,7 @@ impl Datapath {
         prune(self.containers()?, |k| cgroups.contains(k), "CONTAINERS")?;
         prune(self.owned4()?, |k| keep4.contains(k), "OWNED4")?;
         prune(self.owned6()?, |k| keep6.contains(k), "OWNED6")?;
-        prune(self.isolated()?, |k| ids.contains(k), "ISOLATED")?;
+        prune(self.ids()?, |k| ids.contains(k), "IDS")?;
         let mut counters = self.counters_map()?;
         let stale: Vec<u32> = counters
             .keys()
@@ -504,7 +509,7 @@ fn attach_or_adopt(
         return Ok(());
     }
     // Raw link_create/obj_pin: aya 0.14 cannot turn a sockopt link into a pinnable FdLink.
-    let link = sys::link_create(fd, cgroup.as_fd(), attach_type)
+    let link = sys::link_create(fd, cgroup.as_raw_fd() as u32, attach_type)
         .map_err(io_err("attaching program to cgroup", pin))?;
     sys::obj_pin(link.as_fd(), pin).map_err(io_err("pinning link", pin))?;
     info!("attached {name}, pinned at {}", pin.display());
