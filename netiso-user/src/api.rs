@@ -140,6 +140,15 @@ impl ContainerInfo {
         self.counters.get(name).copied().unwrap_or(0)
     }
 
+    /// Every packet dropped, at the sockets and at the interfaces.
+    pub fn dropped(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.ends_with("_dropped"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// Everything refused at the socket layer, all hooks together.
     pub fn refused(&self) -> u64 {
         self.counters

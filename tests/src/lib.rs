@@ -19,6 +19,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod bpf;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.
@@ -214,10 +216,19 @@ pub struct Agent {
     pub socket: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// The network namespace the agent runs in (its interfaces are the ones `--iface` and
+    /// `netiso iface` see); None: the caller's.
+    pub netns: Option<String>,
 }
 
 impl Agent {
     pub fn new(cgroups: &CgroupTree) -> Agent {
+        Agent::with_netns(cgroups, None)
+    }
+
+    /// An agent running inside `netns` (a /run/netns path): required for any test that
+    /// attaches the TC programs, so they only ever see the test's interfaces.
+    pub fn with_netns(cgroups: &CgroupTree, netns: Option<String>) -> Agent {
         let id = unique("agent");
         let tmp = std::env::temp_dir().join(&id);
         fs::create_dir_all(&tmp).unwrap();
@@ -228,6 +239,7 @@ impl Agent {
             socket: tmp.join("netiso.sock"),
             child: None,
             log: tmp.join("agent.log"),
+            netns,
         };
         a.start();
         a
@@ -254,12 +266,23 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(netiso_bin())
-            .args(self.args())
+        let mut cmd = Command::new(netiso_bin());
+        cmd.args(self.args())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting agent");
+            .stderr(log);
+        if let Some(ns) = &self.netns {
+            // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
+            let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setns(2) runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd.spawn().expect("starting agent");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -491,7 +514,7 @@ impl World {
             ns.add_addr(a);
         }
         let cgroups = CgroupTree::new(tag);
-        let agent = Agent::new(&cgroups);
+        let agent = Agent::with_netns(&cgroups, Some(ns.path()));
         World { ns, agent, cgroups }
     }
 

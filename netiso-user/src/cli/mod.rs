@@ -54,7 +54,9 @@ pub enum Command {
     /// Register, inspect and change containers.
     #[command(subcommand)]
     Container(ContainerCmd),
-    /// Per-container traffic (rx/tx packets and bytes) and what was refused or dropped.
+    /// Per-container traffic and what was refused or dropped. RX/TX: packets and bytes of the
+    /// container's sockets. IF_RX/IF_TX: packets the interface programs (`netiso iface`)
+    /// attributed to it by destination (rx) or source (tx) address.
     Stats,
     /// Refused, audited and dropped operations, newest last.
     Events {

@@ -10,6 +10,9 @@
 //!   sticky-pktinfo SRC    recvfrom             serve TEXT (answer every connection with TEXT)
 //!   join-cgroup DIR       wait (until stdin closes)
 //!   timeout MS            spoof-udp4 SRC ADDR (IPPROTO_RAW socket: hand-made IPv4/UDP packet)
+//!   packet-send IFACE HEX (AF_PACKET socket: send the Ethernet frame HEX out of IFACE)
+//!   tc-run PIN HEX        (BPF_PROG_TEST_RUN of the program behind the pinned link PIN on
+//!                          frame HEX; value: the program's return value)
 //! ADDR is ip:port or [ip6]:port. The probe stops at the first failing step.
 use std::{
     io::{Read, Write},
@@ -304,6 +307,39 @@ impl Probe {
     }
 }
 
+/// Sends a raw Ethernet frame out of `iface` through an AF_PACKET socket, a path none of the
+/// socket address hooks sees.
+fn packet_send(iface: &str, hex: &str) -> Result<Option<String>, Errno> {
+    let frame = netiso_tests::bpf::from_hex(hex).ok_or(Errno::EINVAL)?;
+    let ifindex = nix::net::if_::if_nametoindex(iface)?;
+    let fd = check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) })?;
+    // SAFETY: fresh descriptor from socket(2).
+    let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
+    let n = check(unsafe {
+        libc::sendto(
+            fd,
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            0,
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of_val(&sll) as u32,
+        ) as libc::c_int
+    })?;
+    Ok(Some(n.to_string()))
+}
+
+fn tc_run(pin: &str, hex: &str) -> Result<Option<String>, Errno> {
+    let frame = netiso_tests::bpf::from_hex(hex).ok_or(Errno::EINVAL)?;
+    netiso_tests::bpf::run_pinned(std::path::Path::new(pin), &frame)
+        .map(|r| Some(r.to_string()))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
 fn join_cgroup(dir: &str) -> std::io::Result<()> {
     std::fs::write(format!("{dir}/cgroup.procs"), "0")
 }
@@ -353,6 +389,8 @@ fn main() {
             "spoof-udp4" => arg(0).and_then(|a| arg(1).and_then(|d| p.spoof_udp4(a, d))),
             "sticky-pktinfo" => arg(0).and_then(|s| p.sticky_pktinfo(s)),
             "recvfrom" => p.recvfrom(),
+            "packet-send" => arg(0).and_then(|i| arg(1).and_then(|h| packet_send(i, h))),
+            "tc-run" => arg(0).and_then(|pin| arg(1).and_then(|h| tc_run(pin, h))),
             "serve" => p.serve(&rest.join(" ")),
             // Moves this process (and so the socket's user) to another cgroup mid-script.
             "join-cgroup" => arg(0).and_then(|d| {

@@ -1,0 +1,87 @@
+//! Runs a pinned TC program on a crafted frame with BPF_PROG_TEST_RUN, the kernel's own way
+//! of unit-testing a loaded program against its real maps.
+//!
+//! The program is found through the TCX link the agent pinned (link -> program id -> fd).
+//! The kernel gives the test skb a dummy socket created in the caller's cgroup, so running
+//! this from a process inside a container cgroup (netiso-probe `tc-run`) tests the "packet
+//! of a container socket" path of the egress program.
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a 128-byte buffer, larger than every bpf_attr variant used here; the
+    // pointers inside it outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: a fresh descriptor the kernel just returned.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// The program behind the link pinned at `pin`.
+pub fn prog_of_link(pin: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    let link = owned(bpf(7, &mut attr)?); // BPF_OBJ_GET
+    let mut info = [0u64; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = (link.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(15, &mut attr)?; // BPF_OBJ_GET_INFO_BY_FD: { u32 type; u32 id; u32 prog_id; ... }
+    let prog_id = (info[1] & 0xffff_ffff) as u32;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(prog_id);
+    Ok(owned(bpf(13, &mut attr)?)) // BPF_PROG_GET_FD_BY_ID
+}
+
+/// Runs the program once on `frame` (an Ethernet frame) and returns its return value
+/// (TCX: -1 next, 0 pass, 2 drop).
+pub fn test_run(prog: &OwnedFd, frame: &[u8]) -> io::Result<i32> {
+    let mut attr = [0u64; 16];
+    // struct { u32 prog_fd; u32 retval; u32 data_size_in; u32 data_size_out;
+    //          u64 data_in; u64 data_out; u32 repeat; u32 duration; ... }
+    attr[0] = prog.as_raw_fd() as u32 as u64;
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    attr[4] = 1;
+    bpf(10, &mut attr)?; // BPF_PROG_TEST_RUN
+    Ok((attr[0] >> 32) as u32 as i32)
+}
+
+/// `test_run` on the program behind the link pinned at `pin`.
+pub fn run_pinned(pin: &Path, frame: &[u8]) -> io::Result<i32> {
+    test_run(&prog_of_link(pin)?, frame)
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
