@@ -7,6 +7,7 @@
 //! (or kill -9) never opens a gap.
 use std::{
     fs, io,
+    mem::size_of,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -69,6 +70,12 @@ pub enum DatapathError {
     NoIface { name: String, source: io::Error },
     #[error("interface {name:?} has link type {link_type}; netiso's TC programs parse Ethernet frames, so only Ethernet-like and loopback interfaces are supported")]
     NotEthernet { name: String, link_type: u16 },
+    #[error("pinned map {path} has {found:?} (key, value) bytes, this netiso needs {expected:?}: it was made by another netiso version; run `netiso agent --cleanup` with the same --bpffs and --state-dir (this forgets the registry), or run the matching version")]
+    IncompatiblePin {
+        path: PathBuf,
+        found: (u32, u32),
+        expected: (u32, u32),
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -177,6 +184,7 @@ impl Datapath {
             // Kernels >= 5.11 charge BPF memory to the memory cgroup instead.
             debug!("raising RLIMIT_MEMLOCK failed ({e}); relying on memcg accounting");
         }
+        check_pinned_maps(&maps_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)?;
@@ -460,6 +468,39 @@ impl Datapath {
         fs::remove_dir(bpffs).map_err(io_err("removing", bpffs))?;
         Ok(removed)
     }
+}
+
+/// Key and value sizes of every hash/array map, as the eBPF object defines them.
+const MAP_LAYOUTS: [(&str, usize, usize); 7] = [
+    (maps::CONTAINERS, size_of::<u64>(), size_of::<Container>()),
+    (maps::OWNED4, size_of::<Ip4>(), size_of::<u32>()),
+    (maps::OWNED6, size_of::<Ip6>(), size_of::<u32>()),
+    (maps::CONFIG, size_of::<u32>(), size_of::<u32>()),
+    (maps::COUNTERS, size_of::<u32>(), size_of::<Counters>()),
+    (maps::POLICY, size_of::<PolicyKey>(), size_of::<u32>()),
+    (maps::IDS, size_of::<u32>(), size_of::<Container>()),
+];
+
+/// Refuses pins left by a netiso whose maps have another layout: reusing them would make the
+/// programs fail verification (or worse, misread entries).
+fn check_pinned_maps(dir: &Path) -> Result<(), DatapathError> {
+    for (name, key, value) in MAP_LAYOUTS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let found = (info.key_size(), info.value_size());
+        let expected = (key as u32, value as u32);
+        if found != expected {
+            return Err(DatapathError::IncompatiblePin {
+                path,
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes every entry of `map` whose key `keep` rejects.
