@@ -530,3 +530,83 @@ impl World {
         self.cgroups.child("host")
     }
 }
+
+impl Netns {
+    /// Connects this namespace to `peer` with a veth pair: `name` here with `addrs`, `peer_name`
+    /// there with `peer_addrs` (CIDR; IPv6 ones `nodad`), both up. Deleting either namespace
+    /// (or either end) deletes the pair.
+    pub fn veth(
+        &self,
+        name: &str,
+        addrs: &[&str],
+        peer: &Netns,
+        peer_name: &str,
+        peer_addrs: &[&str],
+    ) {
+        self.ip(&[
+            "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", &peer.name,
+        ]);
+        for (ns, dev, addrs) in [(self, name, addrs), (peer, peer_name, peer_addrs)] {
+            for a in addrs {
+                let mut args = vec!["addr", "add", a, "dev", dev];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                ns.ip(&args);
+            }
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+    }
+
+    /// The index of interface `name` in this namespace.
+    pub fn ifindex(&self, name: &str) -> u32 {
+        let out =
+            run(Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "dev", name]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ifindex in {text:?}"))
+    }
+}
+
+impl Agent {
+    /// Like [`Agent::start`], with extra `netiso agent` arguments (e.g. `--iface IFACE`) for
+    /// this run only.
+    pub fn start_with(&mut self, extra: &[&str]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(netiso_bin());
+        cmd.args(self.args())
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(ns) = &self.netns {
+            let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setns(2) runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        self.child = Some(cmd.spawn().expect("starting agent"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cli(&["status"]).code != 0 {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("agent exited with {st}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
