@@ -245,7 +245,8 @@ fn l4_of6(f: &(impl Frame + ?Sized), l3: usize) -> L4 {
         return L4::just(Kind::Malformed);
     };
     let mut off = l3 + 40;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One round per extension header, and one more for the transport after the last.
+    for _ in 0..=MAX_EXT_HEADERS {
         let len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => match f.load::<u8>(off + 1) {
                 Some(n) => (usize::from(n) + 1) * 8,
@@ -271,17 +272,19 @@ fn l4_of6(f: &(impl Frame + ?Sized), l3: usize) -> L4 {
     L4::just(Kind::Malformed)
 }
 
-/// Reads the transport header at `off` as far as the flow check needs.
+/// Reads the transport header at `off` as far as the flow check needs. TCP, UDP and ICMP
+/// headers must be there whole (20, 8 and 8 bytes, what the kernel itself requires before it
+/// looks at a segment), not just the bytes read: a cut one is malformed, not attributed.
 #[inline(always)]
 fn transport(f: &(impl Frame + ?Sized), proto: u8, off: usize, icmp: u8, echo: u8) -> L4 {
     let kind = match proto {
-        IPPROTO_TCP => match f.load::<u8>(off + 13) {
-            Some(flags) if flags & 0x12 == 0x02 => Kind::TcpSyn,
-            Some(_) => Kind::Tcp,
-            None => Kind::Malformed,
+        IPPROTO_TCP => match (f.load::<u8>(off + 13), f.load::<u8>(off + 19)) {
+            (Some(flags), Some(_)) if flags & 0x12 == 0x02 => Kind::TcpSyn,
+            (Some(_), Some(_)) => Kind::Tcp,
+            _ => Kind::Malformed,
         },
-        IPPROTO_UDP => match (be16(f, off), be16(f, off + 2)) {
-            (Some(sport), Some(dport)) => {
+        IPPROTO_UDP => match (be16(f, off), be16(f, off + 2), f.load::<u8>(off + 7)) {
+            (Some(sport), Some(dport), Some(_)) => {
                 return L4 {
                     kind: Kind::Udp,
                     proto: u32::from(proto),
@@ -291,10 +294,10 @@ fn transport(f: &(impl Frame + ?Sized), proto: u8, off: usize, icmp: u8, echo: u
             }
             _ => Kind::Malformed,
         },
-        p if p == icmp => match f.load::<u8>(off) {
-            Some(t) if t == echo => Kind::EchoRequest,
-            Some(_) => Kind::Icmp,
-            None => Kind::Malformed,
+        p if p == icmp => match (f.load::<u8>(off), f.load::<u8>(off + 7)) {
+            (Some(t), Some(_)) if t == echo => Kind::EchoRequest,
+            (Some(_), Some(_)) => Kind::Icmp,
+            _ => Kind::Malformed,
         },
         _ => Kind::Other,
     };
@@ -553,6 +556,37 @@ mod tests {
     }
 
     #[test]
+    fn cut_transport_headers_are_malformed() {
+        let udp = Transport::Udp {
+            sport: 5353,
+            dport: 53,
+        };
+        let acked = Transport::Tcp { flags: SYN | ACK };
+        for (p, hlen) in [
+            (syn4(), 20),
+            (Packet::new("192.0.2.1", "192.0.2.2", acked.clone()), 20),
+            (Packet::new("192.0.2.1", "192.0.2.2", udp.clone()), 8),
+            (
+                Packet::new("192.0.2.1", "192.0.2.2", Transport::Icmp { ty: 0 }),
+                8,
+            ),
+            (syn6(), 20),
+            (Packet::new("2001:db8::1", "2001:db8::2", acked), 20),
+            (Packet::new("2001:db8::1", "2001:db8::2", udp), 8),
+            (
+                Packet::new("2001:db8::1", "2001:db8::2", Transport::Icmp { ty: 129 }),
+                8,
+            ),
+        ] {
+            let f = p.build();
+            assert_ne!(kind_of(&f[..]), Kind::Malformed, "{p:?}");
+            for n in f.len() - hlen..f.len() {
+                assert_eq!(kind_of(&f[..n]), Kind::Malformed, "{p:?} cut to {n}");
+            }
+        }
+    }
+
+    #[test]
     fn wrong_version_is_unreadable() {
         let mut f = syn4().build();
         f[14] = 0x65;
@@ -586,7 +620,9 @@ mod tests {
         assert_eq!(h.kind, Kind::TcpSyn);
         p.ext = vec![0, 60, 43, 44, 60];
         assert_eq!(kind(&p), Kind::TcpSyn);
-        p.ext = vec![0; MAX_EXT_HEADERS];
+        p.ext = vec![60; MAX_EXT_HEADERS];
+        assert_eq!(kind(&p), Kind::TcpSyn, "as many headers as walked");
+        p.ext = vec![60; MAX_EXT_HEADERS + 1];
         assert_eq!(
             kind(&p),
             Kind::Malformed,
