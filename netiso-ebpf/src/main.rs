@@ -496,7 +496,24 @@ fn try_sendmsg4(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
     let src = rd(unsafe { addr_of!((*sa).msg_src_ip4) });
     let own = MapOwner(c.id);
     let r = policy::sendmsg4(c, dst, src, &own)?;
-    policy::reach(c.id, own.owner4(dst), &own)?;
+    if let Err(deny) = policy::reach(c.id, own.owner4(dst), &own) {
+        // A reply to a container that connected its UDP socket to us is not a new flow.
+        // The datagram's source: the cmsg's, else the bound one, else the primary (what the
+        // rewrite picks). Not read from `r`: an unset Option payload upsets the verifier.
+        let sk = sk_of(ctx);
+        let bound = rd(unsafe { addr_of!((*sk).src_ip4) });
+        let from = match (src, bound) {
+            (0, 0) => c.v4,
+            (0, b) => b,
+            (s, _) => s,
+        };
+        let sport = (rd(unsafe { addr_of!((*sk).src_port) }) as u16).to_be();
+        let dport = rd(unsafe { addr_of!((*sa).user_port) }) as u16;
+        let (f, d) = ([from, 0, 0, 0], [dst, 0, 0, 0]);
+        if !udp_connected(sa as *mut _, AF_INET, &f, sport, &d, dport) {
+            return Err(deny);
+        }
+    }
     apply4(ctx, c, r, false)
 }
 
@@ -511,7 +528,23 @@ fn try_sendmsg6(ctx: &SockAddrContext, c: &Container) -> Result<Outcome, Deny> {
     let src = rd6(unsafe { addr_of!((*sa).msg_src_ip6) });
     let own = MapOwner(c.id);
     let r = policy::sendmsg6(c, &dst, &src, &own)?;
-    policy::reach(c.id, policy::owner_of6(&dst, &own), &own)?;
+    if let Err(deny) = policy::reach(c.id, policy::owner_of6(&dst, &own), &own) {
+        // A reply to a container that connected its UDP socket to us is not a new flow.
+        let sk = sk_of(ctx);
+        let bound = rd6(unsafe { addr_of!((*sk).src_ip6) });
+        let from = if !policy::is_zero6(&src) {
+            src
+        } else if !policy::is_zero6(&bound) {
+            bound
+        } else {
+            c.v6
+        };
+        let sport = (rd(unsafe { addr_of!((*sk).src_port) }) as u16).to_be();
+        let dport = rd(unsafe { addr_of!((*sa).user_port) }) as u16;
+        if !udp_connected(sa as *mut _, AF_INET6, &from, sport, &dst, dport) {
+            return Err(deny);
+        }
+    }
     apply6(ctx, c, r, false)
 }
 
@@ -909,34 +942,48 @@ fn try_tc_egress(ctx: &TcContext) -> TcVerdict {
 fn starts_flow_tc(ctx: &TcContext, h: &Headers) -> bool {
     match h.kind {
         Kind::Tcp | Kind::Icmp | Kind::LaterFragment => false,
-        Kind::Udp => !udp_connected(ctx, h),
+        Kind::Udp => !udp_connected(
+            ctx.skb.skb as *mut _,
+            h.family,
+            &h.src,
+            h.sport.to_be(),
+            &h.dst,
+            h.dport.to_be(),
+        ),
         _ => true,
     }
 }
 
-/// Looks up the local UDP socket this datagram is for and reports whether it is connected.
+/// Whether the local UDP socket that would receive a datagram `src:sport -> dst:dport`
+/// (ports in network order) is connected, i.e. the datagram answers a flow that socket
+/// opened. Used where the policy judges only new flows: TC ingress and the sendmsg hooks.
 #[inline(always)]
-fn udp_connected(ctx: &TcContext, h: &Headers) -> bool {
-    let (sport, dport) = (h.sport, h.dport);
+fn udp_connected(
+    ctx: *mut core::ffi::c_void,
+    family: u32,
+    src: &Ip6,
+    sport: u16,
+    dst: &Ip6,
+    dport: u16,
+) -> bool {
     // SAFETY: bpf_sock_tuple is plain data; all-zero is a valid value.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = if h.family == AF_INET {
+    let size = if family == AF_INET {
         let v4 = unsafe { &mut t.__bindgen_anon_1.ipv4 };
-        v4.saddr = h.src4();
-        v4.daddr = h.dst4();
-        v4.sport = sport.to_be();
-        v4.dport = dport.to_be();
+        v4.saddr = src[0];
+        v4.daddr = dst[0];
+        v4.sport = sport;
+        v4.dport = dport;
         core::mem::size_of_val(v4)
     } else {
         let v6 = unsafe { &mut t.__bindgen_anon_1.ipv6 };
-        v6.saddr = h.src;
-        v6.daddr = h.dst;
-        v6.sport = sport.to_be();
-        v6.dport = dport.to_be();
+        v6.saddr = *src;
+        v6.daddr = *dst;
+        v6.sport = sport;
+        v6.dport = dport;
         core::mem::size_of_val(v6)
     };
-    let sk =
-        unsafe { bpf_sk_lookup_udp(ctx.skb.skb as *mut _, &mut t, size as u32, CURRENT_NETNS, 0) };
+    let sk = unsafe { bpf_sk_lookup_udp(ctx, &mut t, size as u32, CURRENT_NETNS, 0) };
     if sk.is_null() {
         return false;
     }

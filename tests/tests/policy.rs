@@ -234,3 +234,66 @@ fn refusals_are_reported_as_events() {
     assert!(table.stdout.starts_with("TIME"), "{}", table.stdout);
     assert!(table.stdout.contains("connect_refused"));
 }
+
+// An isolated container that opens a UDP flow to another container gets its answers: the
+// server's unconnected sendto back to it is a reply (the isolated side's socket is connected
+// to the server), not a new flow, so neither its sendmsg hook nor the arrival refuses it.
+// A send from the server to any other port of the isolated container is still refused.
+#[test]
+fn isolated_container_gets_udp_replies_to_flows_it_opened() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new("pol-udp");
+    let a = w.container("a", &["192.0.2.10", "2001:db8::10"], &[]);
+    let b = w.container("b", &["192.0.2.20", "2001:db8::20"], &["--isolated"]);
+    for (kind, srv_addr, client, other) in [
+        (
+            "udp4",
+            "192.0.2.10:7300",
+            "192.0.2.20:7301",
+            "192.0.2.20:7302",
+        ),
+        (
+            "udp6",
+            "[2001:db8::10]:7300",
+            "[2001:db8::20]:7301",
+            "[2001:db8::20]:7302",
+        ),
+    ] {
+        let server = Background::spawn(
+            &w.ns,
+            &a,
+            &[
+                &format!("socket {kind}"),
+                &format!("bind {srv_addr}"),
+                "recvfrom",
+                &format!("sendto {client}"),
+                "wait",
+            ],
+        );
+        server.wait_for("bind");
+        let reply = Background::spawn(
+            &w.ns,
+            &b,
+            &[
+                &format!("socket {kind}"),
+                &format!("bind {client}"),
+                &format!("connect {srv_addr}"),
+                "send",
+                "recvfrom",
+            ],
+        );
+        assert_eq!(server.wait_for("recvfrom").addr(), client);
+        assert!(server.wait_for("sendto").ok, "reply refused");
+        assert_eq!(reply.wait_for("recvfrom").addr(), srv_addr);
+        // Not a reply: another port of b, where nothing is connected to a.
+        let s = probe_last(
+            &w.ns,
+            &a,
+            &[&format!("socket {kind}"), &format!("sendto {other}")],
+        );
+        assert_eq!(s.err(), "EACCES", "{kind}");
+    }
+    assert_eq!(w.agent.counter("b", "policy_dropped"), 0);
+}
