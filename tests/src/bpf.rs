@@ -85,3 +85,24 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
+
+/// Creates a map (`map_type` as in enum bpf_map_type) and pins it at `path`: lets a test
+/// stand in for pins left by another netiso version.
+pub fn create_pinned_map(
+    path: &Path,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    // struct { u32 map_type; u32 key_size; u32 value_size; u32 max_entries; ... }
+    attr[0] = u64::from(map_type) | (u64::from(key_size) << 32);
+    attr[1] = u64::from(value_size) | (u64::from(max_entries) << 32);
+    let map = owned(bpf(0, &mut attr)?); // BPF_MAP_CREATE
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = map.as_raw_fd() as u32 as u64;
+    bpf(6, &mut attr).map(|_| ()) // BPF_OBJ_PIN
+}

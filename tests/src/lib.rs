@@ -261,44 +261,7 @@ impl Agent {
 
     /// Starts the agent process and waits until its API answers.
     pub fn start(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(netiso_bin());
-        cmd.args(self.args())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Some(ns) = &self.netns {
-            // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
-            let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only setns(2) runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)
-                });
-            }
-        }
-        let child = cmd.spawn().expect("starting agent");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.cli(&["status"]).code == 0 {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("agent exited with {st}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not come up:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        self.start_with(&[]);
     }
 
     pub fn log_text(&self) -> String {
@@ -585,6 +548,7 @@ impl Agent {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if let Some(ns) = &self.netns {
+            // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
             let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
             use std::os::unix::process::CommandExt;
             // SAFETY: only setns(2) runs between fork and exec.

@@ -592,3 +592,55 @@ fn failed_agent_start_leaves_nothing_attached() {
         "the failed agent left pinned links"
     );
 }
+
+/// Contract: pins whose maps have another layout (left by another netiso version) are not
+/// reused: the agent refuses to start, says what to do, and attaches nothing; after
+/// `--cleanup` it starts.
+#[test]
+fn pins_of_another_layout_are_refused_with_advice() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new("a-layout");
+    let stray = StrayPins {
+        bpffs: PathBuf::from("/sys/fs/bpf").join(unique("layout")),
+        cgroup_root: w.agent.cgroup_root.clone(),
+        tmp: std::env::temp_dir().join(unique("layout")),
+    };
+    fs::create_dir_all(stray.bpffs.join("maps")).unwrap();
+    // COUNTERS as an older netiso made it: 20 counters instead of today's.
+    netiso_tests::bpf::create_pinned_map(&stray.bpffs.join("maps/COUNTERS"), 5, 4, 160, 16)
+        .expect("creating a stand-in pinned map");
+    let agent = |extra: &[&str]| {
+        run_with_timeout(
+            Command::new(netiso_bin())
+                .env_remove("NETISO_SOCKET")
+                .arg("--socket")
+                .arg(stray.tmp.join("s.sock"))
+                .arg("agent")
+                .arg("--cgroup-root")
+                .arg(&stray.cgroup_root)
+                .arg("--bpffs")
+                .arg(&stray.bpffs)
+                .arg("--state-dir")
+                .arg(stray.tmp.join("state"))
+                .args(extra),
+            Duration::from_secs(20),
+        )
+    };
+    let out = agent(&[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("COUNTERS")
+            && out.stderr.contains("another netiso version")
+            && out.stderr.contains("--cleanup"),
+        "{}",
+        out.stderr
+    );
+    let links = fs::read_dir(stray.bpffs.join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(links, 0, "a refused agent attached programs");
+    assert_eq!(agent(&["--cleanup"]).code, 0);
+    assert!(!stray.bpffs.exists());
+}

@@ -20,6 +20,14 @@ fn print(s: &Status, json: bool) {
         ("pins", s.bpffs.display().to_string()),
         ("state", s.state_dir.display().to_string()),
         ("programs", s.programs.join(", ")),
+        (
+            "interfaces",
+            if s.ifaces.is_empty() {
+                "none (`netiso iface add IFACE` attaches the TC programs)".into()
+            } else {
+                s.ifaces.join(", ")
+            },
+        ),
         ("version", s.version.clone()),
     ]);
 }
