@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     env::{self, Ctr, PathKind, World},
     load::{ClientResult, Workload},
-    report, sys,
+    report, sys, tc_cost,
 };
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -185,14 +185,30 @@ pub fn run(o: Opts) -> Result<()> {
     let started = Instant::now();
     let world = World::new(netiso_bin)?;
     let r = measure(&o, &plan, &world);
+    let tc = r.as_ref().ok().map(|_| {
+        let (extra, repeat, samples) = if plan.quick {
+            (10, 20_000, 3)
+        } else {
+            (1000, 200_000, 7)
+        };
+        tc_cost::measure(&world, extra, repeat, samples)
+    });
     drop(world);
     let out = r?;
+    let tc = tc.expect("measured after the matrix")?;
+    let tc_table = tc_cost::table(&tc);
+    fs::write(o.out.join("tc_cost.txt"), &tc_table)?;
+    fs::write(
+        o.out.join("tc_cost.json"),
+        serde_json::to_string_pretty(&tc)?,
+    )?;
     let json = o.out.join("results.json");
     fs::write(&json, serde_json::to_string_pretty(&out)?)?;
     let table = report::table(&out);
     fs::write(o.out.join("table.txt"), &table)?;
     let charts = report::charts(&out, &o.out)?;
     println!("{table}");
+    println!("{tc_table}");
     println!(
         "netiso-bench: done in {:.0} s; {} samples, {} route check failures\n  {}\n  {}\n  {}",
         started.elapsed().as_secs_f64(),

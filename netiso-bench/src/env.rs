@@ -385,11 +385,15 @@ impl World {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the agent dies with the bench.
+        // The agent lives in the bench's host namespace: the interfaces it attaches the TC
+        // programs to (`lo` for the TC cost measurement) are the bench's, never the machine's.
+        let ns = fs::File::open(World::ns_path(&self.hostns))?;
+        // SAFETY: prctl and setns are async-signal-safe; the agent dies with the bench.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
             });
         }
         let mut child = cmd

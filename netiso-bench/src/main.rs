@@ -7,6 +7,7 @@ mod env;
 mod load;
 mod report;
 mod sys;
+mod tc_cost;
 
 use std::process::ExitCode;
 

@@ -6,6 +6,8 @@
 //! network order (`u32::from_ne_bytes(octets)`), IPv6 as four such words.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+#[cfg(feature = "std")]
+pub mod bpf;
 #[cfg(any(feature = "std", test))]
 pub mod host;
 pub mod packet;

@@ -31,18 +31,16 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
-/// Plain integer types a frame can be read as (any bit pattern is valid).
+/// Plain types a frame can be read as (any bit pattern is valid).
 pub trait Plain: Copy + sealed::Sealed {}
 impl Plain for u8 {}
 impl Plain for u16 {}
-impl Plain for u32 {}
-impl Plain for [u32; 4] {}
+impl<const N: usize> Plain for [u8; N] {}
 mod sealed {
     pub trait Sealed {}
     impl Sealed for u8 {}
     impl Sealed for u16 {}
-    impl Sealed for u32 {}
-    impl Sealed for [u32; 4] {}
+    impl<const N: usize> Sealed for [u8; N] {}
 }
 
 /// A frame starting at its Ethernet header, read only through a bounds-checked load.
@@ -64,6 +62,29 @@ impl Frame for [u8] {
 #[inline(always)]
 fn be16(f: &(impl Frame + ?Sized), offset: usize) -> Option<u16> {
     f.load::<u16>(offset).map(u16::from_be)
+}
+
+// Each header is read with one load (a helper call in eBPF, the bulk of the parser's cost)
+// and picked apart on the stack.
+
+#[inline(always)]
+fn be16_at<const N: usize>(b: &[u8; N], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+#[inline(always)]
+fn ip4_at<const N: usize>(b: &[u8; N], i: usize) -> Ip4 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+#[inline(always)]
+fn ip6_at<const N: usize>(b: &[u8; N], i: usize) -> Ip6 {
+    [
+        ip4_at(b, i),
+        ip4_at(b, i + 4),
+        ip4_at(b, i + 8),
+        ip4_at(b, i + 12),
+    ]
 }
 
 /// What a frame is, as far as the policy between containers needs to tell a packet that
@@ -195,78 +216,76 @@ pub fn parse(f: &(impl Frame + ?Sized)) -> Headers {
 
 #[inline(always)]
 fn parse4(f: &(impl Frame + ?Sized), l3: usize) -> Headers {
-    let (Some(vihl), Some(src), Some(dst)) = (
-        f.load::<u8>(l3),
-        f.load::<Ip4>(l3 + 12),
-        f.load::<Ip4>(l3 + 16),
-    ) else {
+    let Some(h) = f.load::<[u8; 20]>(l3) else {
         return Headers::none(Kind::Unreadable);
     };
-    if vihl >> 4 != 4 {
+    if h[0] >> 4 != 4 {
         return Headers::none(Kind::Unreadable);
     }
-    let hl = usize::from(vihl & 0x0f) * 4;
-    ip(AF_INET, [src, 0, 0, 0], [dst, 0, 0, 0], l4_of4(f, l3, hl))
-}
-
-#[inline(always)]
-fn l4_of4(f: &(impl Frame + ?Sized), l3: usize, hl: usize) -> L4 {
-    // The whole header, options included, must be inside the frame.
-    if hl < 20 || f.load::<u8>(l3 + hl - 1).is_none() {
-        return L4::just(Kind::Malformed);
-    }
-    let (Some(frag), Some(proto)) = (be16(f, l3 + 6), f.load::<u8>(l3 + 9)) else {
-        return L4::just(Kind::Malformed);
+    let hl = usize::from(h[0] & 0x0f) * 4;
+    let l4 = if hl < 20 || (hl > 20 && f.load::<u8>(l3 + hl - 1).is_none()) {
+        // The whole header, options included, must be inside the frame.
+        L4::just(Kind::Malformed)
+    } else if be16_at(&h, 6) & 0x1fff != 0 {
+        L4::just(Kind::LaterFragment)
+    } else {
+        transport(f, h[9], l3 + hl, IPPROTO_ICMP, 8)
     };
-    if frag & 0x1fff != 0 {
-        return L4::just(Kind::LaterFragment);
-    }
-    transport(f, proto, l3 + hl, IPPROTO_ICMP, 8)
+    ip(
+        AF_INET,
+        [ip4_at(&h, 12), 0, 0, 0],
+        [ip4_at(&h, 16), 0, 0, 0],
+        l4,
+    )
 }
 
 #[inline(always)]
 fn parse6(f: &(impl Frame + ?Sized), l3: usize) -> Headers {
-    let (Some(v), Some(src), Some(dst)) = (
-        f.load::<u8>(l3),
-        f.load::<Ip6>(l3 + 8),
-        f.load::<Ip6>(l3 + 24),
-    ) else {
+    let Some(h) = f.load::<[u8; 40]>(l3) else {
         return Headers::none(Kind::Unreadable);
     };
-    if v >> 4 != 6 {
+    if h[0] >> 4 != 6 {
         return Headers::none(Kind::Unreadable);
     }
-    ip(AF_INET6, src, dst, l4_of6(f, l3))
+    ip(
+        AF_INET6,
+        ip6_at(&h, 8),
+        ip6_at(&h, 24),
+        l4_of6(f, h[6], l3 + 40),
+    )
 }
 
 #[inline(always)]
-fn l4_of6(f: &(impl Frame + ?Sized), l3: usize) -> L4 {
-    let Some(mut next) = f.load::<u8>(l3 + 6) else {
-        return L4::just(Kind::Malformed);
-    };
-    let mut off = l3 + 40;
+fn l4_of6(f: &(impl Frame + ?Sized), mut next: u8, mut off: usize) -> L4 {
     // One round per extension header, and one more for the transport after the last.
     for _ in 0..=MAX_EXT_HEADERS {
         let len = match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => match f.load::<u8>(off + 1) {
-                Some(n) => (usize::from(n) + 1) * 8,
-                None => return L4::just(Kind::Malformed),
-            },
-            IPPROTO_AH => match f.load::<u8>(off + 1) {
-                Some(n) => (usize::from(n) + 2) * 4,
-                None => return L4::just(Kind::Malformed),
-            },
-            IPPROTO_FRAGMENT => match be16(f, off + 2) {
-                Some(fo) if fo & 0xfff8 != 0 => return L4::just(Kind::LaterFragment),
-                Some(_) => 8,
-                None => return L4::just(Kind::Malformed),
-            },
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                // Next header, length: in 8-byte units not counting the first (AH: 4-byte
+                // units not counting the first two).
+                let Some(e) = f.load::<[u8; 2]>(off) else {
+                    return L4::just(Kind::Malformed);
+                };
+                let len = if next == IPPROTO_AH {
+                    (usize::from(e[1]) + 2) * 4
+                } else {
+                    (usize::from(e[1]) + 1) * 8
+                };
+                next = e[0];
+                len
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(e) = f.load::<[u8; 4]>(off) else {
+                    return L4::just(Kind::Malformed);
+                };
+                if be16_at(&e, 2) & 0xfff8 != 0 {
+                    return L4::just(Kind::LaterFragment);
+                }
+                next = e[0];
+                8
+            }
             proto => return transport(f, proto, off, IPPROTO_ICMPV6, 128),
         };
-        let Some(n) = f.load::<u8>(off) else {
-            return L4::just(Kind::Malformed);
-        };
-        next = n;
         off += len;
     }
     L4::just(Kind::Malformed)
@@ -278,26 +297,26 @@ fn l4_of6(f: &(impl Frame + ?Sized), l3: usize) -> L4 {
 #[inline(always)]
 fn transport(f: &(impl Frame + ?Sized), proto: u8, off: usize, icmp: u8, echo: u8) -> L4 {
     let kind = match proto {
-        IPPROTO_TCP => match (f.load::<u8>(off + 13), f.load::<u8>(off + 19)) {
-            (Some(flags), Some(_)) if flags & 0x12 == 0x02 => Kind::TcpSyn,
-            (Some(_), Some(_)) => Kind::Tcp,
-            _ => Kind::Malformed,
+        IPPROTO_TCP => match f.load::<[u8; 20]>(off) {
+            Some(t) if t[13] & 0x12 == 0x02 => Kind::TcpSyn,
+            Some(_) => Kind::Tcp,
+            None => Kind::Malformed,
         },
-        IPPROTO_UDP => match (be16(f, off), be16(f, off + 2), f.load::<u8>(off + 7)) {
-            (Some(sport), Some(dport), Some(_)) => {
+        IPPROTO_UDP => match f.load::<[u8; 8]>(off) {
+            Some(u) => {
                 return L4 {
                     kind: Kind::Udp,
                     proto: u32::from(proto),
-                    sport,
-                    dport,
+                    sport: be16_at(&u, 0),
+                    dport: be16_at(&u, 2),
                 }
             }
-            _ => Kind::Malformed,
+            None => Kind::Malformed,
         },
-        p if p == icmp => match (f.load::<u8>(off), f.load::<u8>(off + 7)) {
-            (Some(t), Some(_)) if t == echo => Kind::EchoRequest,
-            (Some(_), Some(_)) => Kind::Icmp,
-            _ => Kind::Malformed,
+        p if p == icmp => match f.load::<[u8; 8]>(off) {
+            Some(i) if i[0] == echo => Kind::EchoRequest,
+            Some(_) => Kind::Icmp,
+            None => Kind::Malformed,
         },
         _ => Kind::Other,
     };
@@ -372,7 +391,7 @@ pub mod craft {
         pub vlans: usize,
         /// IPv4 options bytes (a multiple of 4).
         pub options: Vec<u8>,
-        /// IPv6 extension headers to insert, by protocol number (0, 43, 60 or 44).
+        /// IPv6 extension headers to insert, by protocol number (0, 43, 44, 51 or 60).
         pub ext: Vec<u8>,
         /// IPv4 fragment offset in 8-byte units (and IPv6 fragment header offset when 44 is in `ext`).
         pub frag_offset: u16,
@@ -433,8 +452,13 @@ pub mod craft {
                     let mut exts = Vec::new();
                     for (i, kind) in self.ext.iter().enumerate() {
                         let next = self.ext.get(i + 1).copied().unwrap_or(proto);
-                        let mut e = vec![0u8; 8];
+                        // AH's length counts 4-byte units minus 2, the others 8-byte units
+                        // minus 1: 16 bytes of AH, 8 of the rest.
+                        let mut e = vec![0u8; if *kind == 51 { 16 } else { 8 }];
                         e[0] = next;
+                        if *kind == 51 {
+                            e[1] = 2;
+                        }
                         if *kind == 44 {
                             e[2..4].copy_from_slice(&(self.frag_offset << 3).to_be_bytes());
                         }
@@ -618,7 +642,7 @@ mod tests {
         assert_eq!(h.src, v6("2001:db8::1"));
         assert_eq!(h.dst, v6("2001:db8::2"));
         assert_eq!(h.kind, Kind::TcpSyn);
-        p.ext = vec![0, 60, 43, 44, 60];
+        p.ext = vec![0, 51, 60, 43, 44, 60];
         assert_eq!(kind(&p), Kind::TcpSyn);
         p.ext = vec![60; MAX_EXT_HEADERS];
         assert_eq!(kind(&p), Kind::TcpSyn, "as many headers as walked");

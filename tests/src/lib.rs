@@ -19,7 +19,7 @@ use std::{
 
 use serde::Deserialize;
 
-pub mod bpf;
+pub use netiso_common::bpf;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -1,5 +1,6 @@
 //! Runs a pinned TC program on a crafted frame with BPF_PROG_TEST_RUN, the kernel's own way
-//! of unit-testing a loaded program against its real maps.
+//! of unit-testing a loaded program against its real maps (host only: the tests and the
+//! benchmark use it).
 //!
 //! The program is found through the TCX link the agent pinned (link -> program id -> fd).
 //! The kernel gives the test skb a dummy socket created in the caller's cgroup, so running
@@ -56,15 +57,35 @@ pub fn prog_of_link(pin: &Path) -> io::Result<OwnedFd> {
 /// Runs the program once on `frame` (an Ethernet frame) and returns its return value
 /// (TCX: -1 next, 0 pass, 2 drop).
 pub fn test_run(prog: &OwnedFd, frame: &[u8]) -> io::Result<i32> {
+    test_run_repeat(prog, frame, 1).map(|(r, _)| r)
+}
+
+/// Runs the program `repeat` times on `frame`; returns its return value and the kernel's
+/// average run time in nanoseconds.
+pub fn test_run_repeat(prog: &OwnedFd, frame: &[u8], repeat: u32) -> io::Result<(i32, u32)> {
     let mut attr = [0u64; 16];
     // struct { u32 prog_fd; u32 retval; u32 data_size_in; u32 data_size_out;
     //          u64 data_in; u64 data_out; u32 repeat; u32 duration; ... }
     attr[0] = prog.as_raw_fd() as u32 as u64;
     attr[1] = frame.len() as u64;
     attr[2] = frame.as_ptr() as u64;
-    attr[4] = 1;
+    attr[4] = u64::from(repeat);
     bpf(10, &mut attr)?; // BPF_PROG_TEST_RUN
-    Ok((attr[0] >> 32) as u32 as i32)
+    Ok(((attr[0] >> 32) as u32 as i32, (attr[4] >> 32) as u32))
+}
+
+/// Loads the smallest TC program there is (`return TCX_NEXT`), the baseline a measured
+/// program's run time is compared with.
+pub fn load_noop_tc() -> io::Result<OwnedFd> {
+    // r0 = -1; exit
+    let insns: [u64; 2] = [0xffff_ffff_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    let mut attr = [0u64; 16];
+    // struct { u32 prog_type; u32 insn_cnt; u64 insns; u64 license; ... }
+    attr[0] = 3 | (2 << 32); // BPF_PROG_TYPE_SCHED_CLS
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    Ok(owned(bpf(5, &mut attr)?)) // BPF_PROG_LOAD
 }
 
 /// `test_run` on the program behind the link pinned at `pin`.

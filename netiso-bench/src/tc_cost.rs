@@ -1,0 +1,167 @@
+//! What the per-interface TC programs cost per packet, measured in the kernel: the programs the
+//! agent attached to the bench namespace's `lo` are run with BPF_PROG_TEST_RUN (`repeat`
+//! times per sample, the kernel's average), next to a no-op TC program as the baseline. The
+//! difference is netiso's cost for that kind of packet, without any load generator noise.
+use std::{fmt::Write as _, fs, path::Path, thread};
+
+use anyhow::{bail, Context, Result};
+use netiso_common::{
+    bpf,
+    packet::craft::{Packet, Transport, ACK, SYN},
+};
+use serde::Serialize;
+
+use crate::env::World;
+
+const A: &str = "203.0.113.200";
+const B: &str = "203.0.113.201"; // isolated
+const STRAY: &str = "198.51.100.250";
+
+#[derive(Serialize)]
+pub struct Case {
+    pub case: &'static str,
+    pub verdict: i32,
+    /// Median [min, max] of the samples, ns per packet.
+    pub ns: [u32; 3],
+    /// Median minus the no-op program's median.
+    pub over_noop_ns: i64,
+}
+
+#[derive(Serialize)]
+pub struct TcCost {
+    pub containers: usize,
+    pub repeat: u32,
+    pub samples: usize,
+    pub cases: Vec<Case>,
+}
+
+fn register(w: &World, name: &str, ips: &[String], isolated: bool) -> Result<()> {
+    let cg = w.netiso_root.join(name);
+    fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
+    let body = serde_json::json!({
+        "name": name, "cgroup": cg, "ips": ips, "isolated": isolated,
+    });
+    let (code, resp) = w.api("POST", "/v1/containers", Some(&body.to_string()))?;
+    if code != 201 {
+        bail!("registering {name}: {code} {resp}");
+    }
+    Ok(())
+}
+
+/// Registers `extra` containers plus the cases' two, attaches the TC programs to `lo` and
+/// measures.
+pub fn measure(w: &World, extra: usize, repeat: u32, samples: usize) -> Result<TcCost> {
+    register(w, "tc-a", &[A.into()], false)?;
+    register(w, "tc-b", &[B.into()], true)?;
+    for i in 0..extra {
+        register(
+            w,
+            &format!("tc-x{i}"),
+            &[format!("2001:db8:e::{:x}", i + 1)],
+            false,
+        )?;
+    }
+    let (code, resp) = w.api("PUT", "/v1/ifaces/lo", None)?;
+    if code != 200 {
+        bail!("attaching the TC programs to lo: {code} {resp}");
+    }
+    let links = Path::new("/sys/fs/bpf").join(&w.id).join("links");
+    let ingress = bpf::prog_of_link(&links.join("tcx-ingress@lo"))?;
+    let egress = bpf::prog_of_link(&links.join("tcx-egress@lo"))?;
+    let noop = bpf::load_noop_tc().context("loading the no-op baseline program")?;
+    let ack = |s, d| Packet::new(s, d, Transport::Tcp { flags: ACK }).build();
+    let cases = [
+        ("no-op TC program (baseline)", &noop, ack(STRAY, A)),
+        ("ingress, no container involved", &ingress, ack(A, STRAY)),
+        ("ingress, attributed (TCP ACK)", &ingress, ack(STRAY, A)),
+        (
+            "ingress, container to isolated, SYN: dropped + event",
+            &ingress,
+            Packet::new(A, B, Transport::Tcp { flags: SYN }).build(),
+        ),
+        (
+            "ingress, container to isolated, UDP: socket lookup",
+            &ingress,
+            Packet::new(
+                A,
+                B,
+                Transport::Udp {
+                    sport: 4000,
+                    dport: 53,
+                },
+            )
+            .build(),
+        ),
+        (
+            "egress, host socket, no container",
+            &egress,
+            ack(STRAY, STRAY),
+        ),
+        ("egress, host socket, attributed", &egress, ack(A, STRAY)),
+    ];
+    // In the bench namespace, so the UDP lookup searches the right sockets.
+    let ns = World::ns_path(&w.hostns);
+    let results = thread::scope(|s| {
+        s.spawn(|| -> Result<Vec<(i32, Vec<u32>)>> {
+            let f = fs::File::open(&ns)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let mut out: Vec<(i32, Vec<u32>)> = vec![(0, Vec::new()); cases.len()];
+            // Interleaved: every case once per round.
+            for _ in 0..samples {
+                for (i, (_, prog, frame)) in cases.iter().enumerate() {
+                    let (verdict, ns) = bpf::test_run_repeat(prog, frame, repeat)?;
+                    out[i].0 = verdict;
+                    out[i].1.push(ns);
+                }
+            }
+            Ok(out)
+        })
+        .join()
+        .expect("measuring thread")
+    })?;
+    let mut cost = TcCost {
+        containers: extra + 2,
+        repeat,
+        samples,
+        cases: Vec::new(),
+    };
+    let mut base = 0i64;
+    for ((name, _, _), (verdict, mut ns)) in cases.iter().zip(results) {
+        ns.sort_unstable();
+        let median = ns[ns.len() / 2];
+        if cost.cases.is_empty() {
+            base = i64::from(median);
+        }
+        cost.cases.push(Case {
+            case: name,
+            verdict,
+            ns: [median, ns[0], ns[ns.len() - 1]],
+            over_noop_ns: i64::from(median) - base,
+        });
+    }
+    Ok(cost)
+}
+
+pub fn table(c: &TcCost) -> String {
+    let mut t = format!(
+        "TC programs, ns per packet (BPF_PROG_TEST_RUN x{}, {} samples, {} containers registered)\n",
+        c.repeat, c.samples, c.containers
+    );
+    let _ = writeln!(
+        t,
+        "{:<56} {:>7} {:>8} {:>15} {:>9}",
+        "case", "verdict", "median", "[min..max]", "vs no-op"
+    );
+    for x in &c.cases {
+        let _ = writeln!(
+            t,
+            "{:<56} {:>7} {:>8} {:>15} {:>+9}",
+            x.case,
+            x.verdict,
+            x.ns[0],
+            format!("[{}..{}]", x.ns[1], x.ns[2]),
+            x.over_noop_ns
+        );
+    }
+    t
+}
