@@ -1,20 +1,23 @@
-//! Runs a pinned TC program on a crafted frame with BPF_PROG_TEST_RUN, the kernel's own way
-//! of unit-testing a loaded program against its real maps (host only: the tests and the
-//! benchmark use it).
+//! The bpf(2) commands netiso needs that aya 0.14 does not expose (host only): opening pins,
+//! creating, pinning, updating and inspecting links for the agent; and BPF_PROG_TEST_RUN,
+//! the kernel's own way of running a loaded program on a crafted frame against its real
+//! maps, for the tests and the benchmark.
 //!
-//! The program is found through the TCX link the agent pinned (link -> program id -> fd).
+//! For a test run the program is found through the TCX link the agent pinned (link ->
+//! program id -> fd).
 //! The kernel gives the test skb a dummy socket created in the caller's cgroup, so running
 //! this from a process inside a container cgroup (netiso-probe `tc-run`) tests the "packet
 //! of a container socket" path of the egress program.
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     os::unix::ffi::OsStrExt,
     path::Path,
 };
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+/// The raw syscall; `attr` is the command's `union bpf_attr` member, as u64 words.
+pub fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a 128-byte buffer, larger than every bpf_attr variant used here; the
     // pointers inside it outlive the call.
     let rc = unsafe {
@@ -32,25 +35,61 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     }
 }
 
-fn owned(fd: libc::c_long) -> OwnedFd {
+/// Takes ownership of a descriptor a bpf(2) command returned.
+pub fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: a fresh descriptor the kernel just returned.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-/// The program behind the link pinned at `pin`.
-pub fn prog_of_link(pin: &Path) -> io::Result<OwnedFd> {
-    let path = CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// Opens a pinned bpffs object (link, map or program).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
     let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    let link = owned(bpf(7, &mut attr)?); // BPF_OBJ_GET
+    attr[0] = c.as_ptr() as u64; // pathname
+    Ok(owned(bpf(7, &mut attr)?)) // BPF_OBJ_GET
+}
+
+/// Pins a bpf object at `path` on bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u32 as u64;
+    bpf(6, &mut attr).map(|_| ()) // BPF_OBJ_PIN
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says about a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub prog_id: u32,
+    /// For a TCX link: its interface, 0 once the interface is gone (the link is defunct).
+    pub tcx_ifindex: u32,
+}
+
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) { ...
+    //   struct { u32 ifindex; u32 attach_type; } tcx; } }
     let mut info = [0u64; 32];
     let mut attr = [0u64; 16];
     attr[0] = (link.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
-    bpf(15, &mut attr)?; // BPF_OBJ_GET_INFO_BY_FD: { u32 type; u32 id; u32 prog_id; ... }
-    let prog_id = (info[1] & 0xffff_ffff) as u32;
+    bpf(15, &mut attr)?; // BPF_OBJ_GET_INFO_BY_FD
+    Ok(LinkInfo {
+        prog_id: (info[1] & 0xffff_ffff) as u32,
+        tcx_ifindex: (info[2] & 0xffff_ffff) as u32,
+    })
+}
+
+/// The program behind the link pinned at `pin`.
+pub fn prog_of_link(pin: &Path) -> io::Result<OwnedFd> {
+    let link = obj_get(pin)?;
     let mut attr = [0u64; 16];
-    attr[0] = u64::from(prog_id);
+    attr[0] = u64::from(link_info(link.as_fd())?.prog_id);
     Ok(owned(bpf(13, &mut attr)?)) // BPF_PROG_GET_FD_BY_ID
 }
 
@@ -121,9 +160,5 @@ pub fn create_pinned_map(
     attr[0] = u64::from(map_type) | (u64::from(key_size) << 32);
     attr[1] = u64::from(value_size) | (u64::from(max_entries) << 32);
     let map = owned(bpf(0, &mut attr)?); // BPF_MAP_CREATE
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut attr = [0u64; 16];
-    attr[0] = c.as_ptr() as u64;
-    attr[1] = map.as_raw_fd() as u32 as u64;
-    bpf(6, &mut attr).map(|_| ()) // BPF_OBJ_PIN
+    obj_pin(map.as_fd(), path)
 }

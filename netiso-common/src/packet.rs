@@ -483,7 +483,8 @@ pub mod craft {
         }
     }
 
-    fn checksum(b: &[u8]) -> u16 {
+    /// The Internet checksum (RFC 1071) of `b`.
+    pub fn checksum(b: &[u8]) -> u16 {
         let mut sum: u32 = b
             .chunks(2)
             .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))

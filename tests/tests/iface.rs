@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use netiso_common::packet::craft::{Packet, Transport};
+use netiso_common::packet::craft::{checksum, Packet, Transport};
 use netiso_tests::{
     bpf::to_hex, privileged, probe_last, wait_until, Agent, Background, Netns, Step, World,
 };
@@ -228,17 +228,6 @@ fn udp_frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     .build();
     f[..6].copy_from_slice(&PEER_MAC);
     f
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// `netiso --json stats` as container name -> counters.

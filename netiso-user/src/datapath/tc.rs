@@ -113,8 +113,8 @@ impl Datapath {
             .as_fd();
         if pin.exists() {
             let link = sys::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
-            let info = sys::tcx_link_info(link.as_fd()).map_err(io_err("inspecting", pin))?;
-            if info.ifindex == ifindex {
+            let info = sys::link_info(link.as_fd()).map_err(io_err("inspecting", pin))?;
+            if info.tcx_ifindex == ifindex {
                 sys::link_update(link.as_fd(), prog).map_err(io_err("updating", pin))?;
                 info!("adopted pinned link {}", pin.display());
                 return Ok(false);
@@ -155,8 +155,8 @@ impl Datapath {
         };
         let on_it = |direction| {
             sys::obj_get(&self.tc_pin(iface, direction))
-                .and_then(|l| sys::tcx_link_info(l.as_fd()))
-                .is_ok_and(|i| i.ifindex == ifindex)
+                .and_then(|l| sys::link_info(l.as_fd()))
+                .is_ok_and(|i| i.tcx_ifindex == ifindex)
         };
         if TC_PROGRAMS.iter().all(|(_, d, _)| on_it(d)) {
             IfaceStatus::Attached(ifindex)
