@@ -1,11 +1,25 @@
-//! Host-side cgroup helpers shared by the agent, the tests, the benchmark and xtask (feature
-//! `std`; the eBPF side never sees this module).
+//! Host-side helpers shared by the agent, the tests, the benchmark and xtask (feature `std`;
+//! the eBPF side never sees this module): cgroups, and addresses in the kernel's raw form.
 use std::{
     fs,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
+
+/// An IPv4 address in the form the maps hold (see [`crate::Ip4`]).
+pub fn ip4_raw(ip: Ipv4Addr) -> crate::Ip4 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// An IPv6 address in the form the maps hold (see [`crate::Ip6`]).
+pub fn ip6_raw(ip: Ipv6Addr) -> crate::Ip6 {
+    let o = ip.octets();
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
+    })
+}
 
 /// The cgroup v2 mount point in a /proc/self/mountinfo text. Never hard-coded: hybrid hosts
 /// mount it at /sys/fs/cgroup/unified.

@@ -500,14 +500,12 @@ pub mod craft {
 mod tests {
     use super::craft::{Packet, Transport, ACK, SYN};
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn v4(s: &str) -> Ip4 {
-        u32::from_ne_bytes(s.parse::<Ipv4Addr>().unwrap().octets())
+        crate::host::ip4_raw(s.parse().unwrap())
     }
     fn v6(s: &str) -> Ip6 {
-        let o = s.parse::<Ipv6Addr>().unwrap().octets();
-        core::array::from_fn(|i| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().unwrap()))
+        crate::host::ip6_raw(s.parse().unwrap())
     }
     fn kind(p: &Packet) -> Kind {
         let h = parse(&p.build()[..]);

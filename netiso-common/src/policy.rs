@@ -405,14 +405,12 @@ pub fn packet6(_c: &Container, local: &Ip6, own: &impl Ownership) -> Result<(), 
 mod tests {
     use super::*;
     use crate::{FLAG_ALLOW_RAW, FLAG_HAS_V4, FLAG_HAS_V6};
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn v4(s: &str) -> Ip4 {
-        u32::from_ne_bytes(s.parse::<Ipv4Addr>().unwrap().octets())
+        crate::host::ip4_raw(s.parse().unwrap())
     }
     fn v6(s: &str) -> Ip6 {
-        let o = s.parse::<Ipv6Addr>().unwrap().octets();
-        core::array::from_fn(|i| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().unwrap()))
+        crate::host::ip6_raw(s.parse().unwrap())
     }
 
     struct Owned(Vec<Ip4>, Vec<Ip6>);

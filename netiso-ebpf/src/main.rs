@@ -164,15 +164,21 @@ fn config(index: u32) -> u32 {
 /// every container, which makes every hook pass through.
 #[inline(always)]
 fn current_container() -> Option<Container> {
+    if disabled() {
+        return None;
+    }
     container_of(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
+}
+
+/// The global switch; each program's entry checks it once.
+#[inline(always)]
+fn disabled() -> bool {
+    config(config::DISABLED) != 0
 }
 
 /// The container among the ancestors `ancestor(level)` returns (0 past the deepest level).
 #[inline(always)]
 fn container_of(ancestor: impl Fn(i32) -> u64) -> Option<Container> {
-    if config(config::DISABLED) != 0 {
-        return None;
-    }
     let (min, max) = (config(config::MIN_LEVEL), config(config::MAX_LEVEL));
     let mut i = 0;
     while i < MAX_CGROUP_LEVELS {
@@ -645,6 +651,9 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 /// in softirq context there is no meaningful task.
 #[inline(always)]
 fn run_skb(ctx: &SkBuffContext, dir: Direction) -> i32 {
+    if disabled() {
+        return PASS;
+    }
     let skb = ctx.skb.skb;
     let Some(c) = container_of(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, level) })
     else {
@@ -832,7 +841,7 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// The one place TC verdicts are made; audit mode counts what it would drop and lets it go.
 #[inline(always)]
 fn run_tc(ctx: &TcContext, dir: TcDirection, try_tc: fn(&TcContext) -> TcVerdict) -> i32 {
-    if config(config::DISABLED) != 0 {
+    if disabled() {
         return TC_NEXT;
     }
     match try_tc(ctx) {
@@ -874,24 +883,21 @@ fn try_tc_ingress(ctx: &TcContext) -> TcVerdict {
     let Some(to) = owner(h.family, &h.dst) else {
         return TcVerdict::NotOurs;
     };
-    let Some(c) = (unsafe { IDS.get(to) }).copied() else {
-        return TcVerdict::NotOurs;
+    // The container itself (its flags) is needed only to drop, not on the common path.
+    let drop = |kind| match unsafe { IDS.get(to) } {
+        Some(c) => TcVerdict::Drop {
+            c: *c,
+            kind,
+            subject: (h.family, h.src, 0),
+        },
+        None => TcVerdict::NotOurs,
     };
-    let subject = (h.family, h.src, 0);
     if h.kind == Kind::Malformed {
-        return TcVerdict::Drop {
-            c,
-            kind: counter::MALFORMED_DROPPED,
-            subject,
-        };
+        return drop(counter::MALFORMED_DROPPED);
     }
     if let Some(from) = owner(h.family, &h.src) {
-        if starts_flow_tc(ctx, &h) && policy::reach(from, Some(to), &MapOwner(to)).is_err() {
-            return TcVerdict::Drop {
-                c,
-                kind: counter::POLICY_DROPPED,
-                subject,
-            };
+        if starts_flow_tc(ctx, &h) && reach_in(from, to, &MapOwner(to)).is_err() {
+            return drop(counter::POLICY_DROPPED);
         }
     }
     TcVerdict::Attributed(to)

@@ -264,6 +264,46 @@ impl Agent {
         self.start_with(&[]);
     }
 
+    /// Like [`Agent::start`], with extra `netiso agent` arguments (e.g. `--iface IFACE`) for
+    /// this run only.
+    pub fn start_with(&mut self, extra: &[&str]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(netiso_bin());
+        cmd.args(self.args())
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(ns) = &self.netns {
+            // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
+            let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setns(2) runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        self.child = Some(cmd.spawn().expect("starting agent"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cli(&["status"]).code != 0 {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("agent exited with {st}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -530,47 +570,5 @@ impl Netns {
             .next()
             .and_then(|i| i.trim().parse().ok())
             .unwrap_or_else(|| panic!("no ifindex in {text:?}"))
-    }
-}
-
-impl Agent {
-    /// Like [`Agent::start`], with extra `netiso agent` arguments (e.g. `--iface IFACE`) for
-    /// this run only.
-    pub fn start_with(&mut self, extra: &[&str]) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(netiso_bin());
-        cmd.args(self.args())
-            .args(extra)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Some(ns) = &self.netns {
-            // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
-            let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only setns(2) runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)
-                });
-            }
-        }
-        self.child = Some(cmd.spawn().expect("starting agent"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.cli(&["status"]).code != 0 {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("agent exited with {st}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not come up:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
     }
 }

@@ -526,19 +526,28 @@ struct StrayPins {
     tmp: PathBuf,
 }
 
-impl Drop for StrayPins {
-    fn drop(&mut self) {
-        let _ = Command::new(netiso_bin())
-            .env_remove("NETISO_SOCKET")
+impl StrayPins {
+    /// `netiso agent` on these pins with `socket` and `state_dir`.
+    fn agent(&self, socket: &Path, state_dir: &Path) -> Command {
+        let mut cmd = Command::new(netiso_bin());
+        cmd.env_remove("NETISO_SOCKET")
             .arg("--socket")
-            .arg(self.tmp.join("none.sock"))
+            .arg(socket)
             .arg("agent")
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
             .arg("--bpffs")
             .arg(&self.bpffs)
             .arg("--state-dir")
-            .arg(self.tmp.join("none"))
+            .arg(state_dir);
+        cmd
+    }
+}
+
+impl Drop for StrayPins {
+    fn drop(&mut self) {
+        let _ = self
+            .agent(&self.tmp.join("none.sock"), &self.tmp.join("none"))
             .arg("--cleanup")
             .output();
         let _ = fs::remove_dir_all(&self.tmp);
@@ -562,17 +571,7 @@ fn failed_agent_start_leaves_nothing_attached() {
     };
     // Same socket (in use) and state dir, other pins: must fail and leave nothing.
     let out = run_with_timeout(
-        Command::new(netiso_bin())
-            .env_remove("NETISO_SOCKET")
-            .arg("--socket")
-            .arg(&w.agent.socket)
-            .arg("agent")
-            .arg("--cgroup-root")
-            .arg(&w.agent.cgroup_root)
-            .arg("--bpffs")
-            .arg(&stray.bpffs)
-            .arg("--state-dir")
-            .arg(&w.agent.state_dir),
+        &mut stray.agent(&w.agent.socket, &w.agent.state_dir),
         Duration::from_secs(20),
     );
     assert_ne!(out.code, 0, "{out:?}");
@@ -613,17 +612,8 @@ fn pins_of_another_layout_are_refused_with_advice() {
         .expect("creating a stand-in pinned map");
     let agent = |extra: &[&str]| {
         run_with_timeout(
-            Command::new(netiso_bin())
-                .env_remove("NETISO_SOCKET")
-                .arg("--socket")
-                .arg(stray.tmp.join("s.sock"))
-                .arg("agent")
-                .arg("--cgroup-root")
-                .arg(&stray.cgroup_root)
-                .arg("--bpffs")
-                .arg(&stray.bpffs)
-                .arg("--state-dir")
-                .arg(stray.tmp.join("state"))
+            stray
+                .agent(&stray.tmp.join("s.sock"), &stray.tmp.join("state"))
                 .args(extra),
             Duration::from_secs(20),
         )

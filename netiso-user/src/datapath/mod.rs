@@ -119,17 +119,7 @@ pub struct Datapath {
     _lock: PinLock,
 }
 
-/// Raw kernel form of an address.
-pub fn ip4_raw(ip: std::net::Ipv4Addr) -> Ip4 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-pub fn ip6_raw(ip: std::net::Ipv6Addr) -> Ip6 {
-    let o = ip.octets();
-    core::array::from_fn(|i| {
-        u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
-    })
-}
+pub use netiso_common::host::{ip4_raw, ip6_raw};
 
 /// The kernel's view of a container: flags and primary addresses (first of each family).
 pub fn container_value(spec: &ContainerSpec) -> Container {
