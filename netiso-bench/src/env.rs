@@ -5,9 +5,9 @@
 //! apart and swept by a later one. Interfaces live only inside the bench's namespaces.
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::IpAddr,
-    os::unix::{net::UnixStream, process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -17,6 +17,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use netiso_user::{
+    api::{AddContainer, Mode},
+    client::Client,
+};
 use serde::Serialize;
 
 use crate::sys::{self, ip_batch, sh};
@@ -210,6 +214,8 @@ pub struct World {
     pub tmp: PathBuf,
     pub agent: Option<Child>,
     pub agent_pid: u32,
+    /// The agent's API, through the same typed client the CLI uses.
+    pub api: Client,
 }
 
 impl Drop for World {
@@ -281,6 +287,7 @@ impl World {
         fs::create_dir_all(&tmp)?;
         fs::create_dir(&top).with_context(|| format!("creating cgroup {}", top.display()))?;
         let me = std::env::current_exe()?;
+        let api = Client::new(&tmp.join("netiso.sock"));
         let mut w = World {
             client_cgroup: top.join("client"),
             netiso_root: top.join("netiso"),
@@ -295,6 +302,7 @@ impl World {
             tmp,
             agent: None,
             agent_pid: 0,
+            api,
         };
         for d in ["client", "host", "netiso", "veth"] {
             fs::create_dir(w.top.join(d))?;
@@ -403,7 +411,7 @@ impl World {
         with_cleanup(|c| c.agent_pid = Some(child.id() as i32));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if matches!(self.api("GET", "/v1/status", None), Ok((200, _))) {
+            if self.api.status().is_ok() {
                 break;
             }
             if let Ok(Some(st)) = child.try_wait() {
@@ -422,30 +430,6 @@ impl World {
         }
         self.agent = Some(child);
         Ok(())
-    }
-
-    /// One HTTP/1.1 request to the agent over its Unix socket: (status, body).
-    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("bad HTTP response from agent")?;
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
     }
 
     /// Kernel memory the agent's BPF maps hold (sum of `memlock` in its fdinfo), KiB.
@@ -505,14 +489,17 @@ impl World {
                 }
             }
             PathKind::Netiso => {
-                let body = serde_json::json!({
-                    "name": name, "cgroup": cgroup, "ips": [addr], "mode": "enforce", "allow_raw": false
-                })
-                .to_string();
-                let (st, resp) = self.api("POST", "/v1/containers", Some(&body))?;
-                if !(200..300).contains(&st) {
-                    bail!("registering {name}: HTTP {st}: {resp}");
-                }
+                let req = AddContainer {
+                    name: name.clone(),
+                    cgroup: cgroup.clone(),
+                    ips: vec![addr],
+                    mode: Mode::Enforce,
+                    allow_raw: false,
+                    isolated: false,
+                };
+                self.api
+                    .add_container(&req)
+                    .with_context(|| format!("registering {name}"))?;
                 if !v6 && i > 0 {
                     ip_batch(Some(&self.hostns), &format!("addr add {addr}/32 dev lo\n"))?;
                 }
@@ -572,7 +559,7 @@ impl World {
                 let _ = s.wait();
             }
             if c.kind == PathKind::Netiso {
-                let _ = self.api("DELETE", &format!("/v1/containers/{}", c.name), None);
+                let _ = self.api.remove_container(&c.name);
             }
             sys::remove_cgroup_tree(&c.cgroup);
             if let Some(n) = c.netns.take() {

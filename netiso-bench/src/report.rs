@@ -1,12 +1,17 @@
-//! The text table and the hand-written SVG charts.
+//! The text table and the SVG charts (plotters, SVG backend).
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
 use anyhow::Result;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use crate::{
     bench::{Output, Sample},
@@ -238,150 +243,112 @@ pub fn table(o: &Output) -> String {
     t
 }
 
-fn color(p: PathKind) -> &'static str {
+fn color(p: PathKind) -> RGBColor {
     match p {
-        PathKind::Host => "#555555",
-        PathKind::Netiso => "#1f77b4",
-        PathKind::VethBridge => "#d62728",
-        PathKind::VethRouted => "#ff7f0e",
+        PathKind::Host => RGBColor(0x55, 0x55, 0x55),
+        PathKind::Netiso => RGBColor(0x1f, 0x77, 0xb4),
+        PathKind::VethBridge => RGBColor(0xd6, 0x27, 0x28),
+        PathKind::VethRouted => RGBColor(0xff, 0x7f, 0x0e),
     }
-}
-
-const W: f64 = 720.0;
-const H: f64 = 420.0;
-const ML: f64 = 80.0;
-const MR: f64 = 150.0;
-const MT: f64 = 40.0;
-const MB: f64 = 60.0;
-
-fn svg_head(title: &str, ylabel: &str) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n\
-         <text transform=\"translate(16,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n",
-        W / 2.0,
-        esc(title),
-        (MT + H - MB) / 2.0,
-        esc(ylabel)
-    )
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn legend(s: &mut String, paths: &[PathKind]) {
-    for (i, p) in paths.iter().enumerate() {
-        let y = MT + 10.0 + i as f64 * 20.0;
-        let x = W - MR + 15.0;
-        let _ = writeln!(
-            s,
-            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            y - 10.0,
-            color(*p),
-            x + 18.0,
-            y,
-            esc(p.label())
-        );
-    }
-}
-
-/// A "nice" upper bound and tick step for 0..max.
-fn nice(max: f64) -> (f64, f64) {
-    let max = if max > 0.0 && max.is_finite() {
-        max
-    } else {
-        1.0
-    };
-    let raw = max / 5.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
-    ((max / step).ceil() * step, step)
-}
-
-fn y_axis(s: &mut String, top: f64) -> f64 {
-    let (ymax, step) = nice(top);
-    let mut v = 0.0;
-    while v <= ymax + step / 2.0 {
-        let y = H - MB - v / ymax * (H - MT - MB);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{ML}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            W - MR,
-            ML - 6.0,
-            y + 4.0,
-            num(v)
-        );
-        v += step;
-    }
-    ymax
 }
 
 /// (median, min, max).
 type Mmm = (f64, f64, f64);
 
+const SIZE: (u32, u32) = (720, 420);
+/// Right margin, holding the legend.
+const LEGEND_W: u32 = 150;
+/// Text sizes as plotters takes them: the SVG gets `size / 1.24` px (12 px labels, 15 px title).
+const TEXT: (&str, f64) = ("sans-serif", 12.0 * 1.24);
+const TITLE: (&str, f64) = ("sans-serif", 15.0 * 1.24);
+
+/// An SVG image: `title`, the chart that `draw` builds, and a legend of `paths` on the right.
+fn svg(
+    title: &str,
+    paths: &[PathKind],
+    draw: impl FnOnce(&mut ChartBuilder<'_, '_, SVGBackend<'_>>) -> Result<()>,
+) -> Result<String> {
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot, side) = root.split_horizontally(SIZE.0 - LEGEND_W);
+        for (i, p) in paths.iter().enumerate() {
+            let y = 50 + 20 * i as i32;
+            side.draw(&Rectangle::new(
+                [(5, y - 6), (17, y + 6)],
+                color(*p).filled(),
+            ))?;
+            let style = TextStyle::from(TEXT.into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+            side.draw(&Text::new(p.label(), (23, y), style))?;
+        }
+        draw(
+            ChartBuilder::on(&plot)
+                .caption(title, TITLE)
+                .margin(10)
+                .x_label_area_size(45)
+                .y_label_area_size(75),
+        )?;
+        root.present()?;
+    }
+    Ok(s)
+}
+
+/// 0 to a little above the largest value.
+fn y_range(top: f64) -> Range<f64> {
+    0.0..if top > 0.0 && top.is_finite() {
+        top * 1.1
+    } else {
+        1.0
+    }
+}
+
 /// Grouped bars with min..max whiskers: groups x paths -> (median, min, max).
-fn bars(title: &str, ylabel: &str, groups: &[(String, Vec<(PathKind, Mmm)>)]) -> String {
-    let mut s = svg_head(title, ylabel);
+fn bars(title: &str, ylabel: &str, groups: &[(String, Vec<(PathKind, Mmm)>)]) -> Result<String> {
     let top = groups
         .iter()
         .flat_map(|g| g.1.iter().map(|x| x.1 .2))
         .fold(0.0, f64::max);
-    let ymax = y_axis(&mut s, top);
-    let gw = (W - ML - MR) / groups.len().max(1) as f64;
-    let mut paths = Vec::new();
-    for (gi, (label, vals)) in groups.iter().enumerate() {
-        let x0 = ML + gi as f64 * gw;
-        let bw = gw * 0.8 / vals.len().max(1) as f64;
-        for (bi, (p, (m, lo, hi))) in vals.iter().enumerate() {
-            if !paths.contains(p) {
-                paths.push(*p);
+    let paths: Vec<PathKind> = PathKind::ALL
+        .into_iter()
+        .filter(|p| groups.iter().any(|g| g.1.iter().any(|v| v.0 == *p)))
+        .collect();
+    svg(title, &paths, |b| {
+        // One x category per group, each spanning 0..1 for its bars.
+        let mut chart = b.build_cartesian_2d(groups.nested_coord(|_| 0.0..1.0), y_range(top))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .light_line_style(TRANSPARENT)
+            .label_style(TEXT)
+            .x_label_formatter(&|v| v.category().0.clone())
+            .y_label_formatter(&|v| num(*v))
+            .y_desc(ylabel)
+            .draw()?;
+        let area = chart.plotting_area();
+        for g in groups {
+            let w = 0.8 / g.1.len() as f64;
+            for (i, (p, (m, lo, hi))) in g.1.iter().enumerate() {
+                // x within the bar's slot of the group: 0 = left edge, 0.9 = right edge.
+                let at = |x| NestedValue::Value(g, 0.1 + (i as f64 + x) * w);
+                area.draw(&Rectangle::new(
+                    [(at(0.0), 0.0), (at(0.9), *m)],
+                    color(*p).filled(),
+                ))?;
+                area.draw(&PathElement::new([(at(0.45), *lo), (at(0.45), *hi)], BLACK))?;
             }
-            let x = x0 + gw * 0.1 + bi as f64 * bw;
-            let yv = |v: f64| H - MB - v / ymax * (H - MT - MB);
-            let _ = writeln!(
-                s,
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {}</title></rect>",
-                yv(*m),
-                bw * 0.9,
-                (H - MB - yv(*m)).max(0.0),
-                color(*p),
-                esc(p.label()),
-                num(*m)
-            );
-            let cx = x + bw * 0.45;
-            let _ = writeln!(
-                s,
-                "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
-                yv(*lo),
-                yv(*hi)
-            );
         }
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            x0 + gw / 2.0,
-            H - MB + 18.0,
-            esc(label)
-        );
-    }
-    legend(&mut s, &paths);
-    s.push_str("</svg>\n");
-    s
+        Ok(())
+    })
 }
 
 /// Lines against container count (log x axis): path -> [(n, value)].
-fn lines(title: &str, ylabel: &str, series: &BTreeMap<PathKind, Vec<(usize, f64)>>) -> String {
-    let mut s = svg_head(title, ylabel);
+fn lines(
+    title: &str,
+    ylabel: &str,
+    series: &BTreeMap<PathKind, Vec<(usize, f64)>>,
+) -> Result<String> {
     let top = series.values().flatten().map(|x| x.1).fold(0.0, f64::max);
-    let ymax = y_axis(&mut s, top);
     let xmax = series
         .values()
         .flatten()
@@ -389,48 +356,31 @@ fn lines(title: &str, ylabel: &str, series: &BTreeMap<PathKind, Vec<(usize, f64)
         .max()
         .unwrap_or(10)
         .max(10) as f64;
-    let lx = |n: usize| ML + ((n.max(1) as f64).log10() / xmax.log10()) * (W - ML - MR);
-    let yv = |v: f64| H - MB - v / ymax * (H - MT - MB);
-    let mut d = 1usize;
-    while d as f64 <= xmax * 1.01 {
-        let _ = writeln!(
-            s,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{MT}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{d}</text>",
-            H - MB,
-            H - MB + 18.0,
-            x = lx(d)
-        );
-        d *= 10;
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">containers (log scale)</text>",
-        (ML + W - MR) / 2.0,
-        H - 15.0
-    );
-    for (p, pts) in series {
-        let pts: Vec<String> = pts
-            .iter()
-            .map(|(n, v)| format!("{:.1},{:.1}", lx(*n), yv(*v)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>",
-            pts.join(" "),
-            color(*p)
-        );
-        for pt in &pts {
-            let (x, y) = pt.split_once(',').unwrap();
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{x}\" cy=\"{y}\" r=\"3.5\" fill=\"{}\"/>",
-                color(*p)
-            );
+    let decades = std::iter::successors(Some(1.0), |d| Some(d * 10.0))
+        .take_while(|d| *d <= xmax * 1.01)
+        .collect();
+    let paths: Vec<PathKind> = series.keys().copied().collect();
+    svg(title, &paths, |b| {
+        let mut chart = b.build_cartesian_2d(
+            (1.0..xmax).log_scale().with_key_points(decades),
+            y_range(top),
+        )?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .label_style(TEXT)
+            .x_label_formatter(&|x| format!("{x}"))
+            .y_label_formatter(&|v| num(*v))
+            .x_desc("containers (log scale)")
+            .y_desc(ylabel)
+            .draw()?;
+        for (p, pts) in series {
+            let pts = pts.iter().map(|(n, v)| ((*n).max(1) as f64, *v));
+            let style = color(*p).filled().stroke_width(2);
+            chart.draw_series(LineSeries::new(pts, style).point_size(3))?;
         }
-    }
-    legend(&mut s, &series.keys().copied().collect::<Vec<_>>());
-    s.push_str("</svg>\n");
-    s
+        Ok(())
+    })
 }
 
 pub fn charts(o: &Output, dir: &Path) -> Result<Vec<PathBuf>> {
@@ -458,7 +408,7 @@ pub fn charts(o: &Output, dir: &Path) -> Result<Vec<PathBuf>> {
                 group("1 flow".into(), Workload::Stream, 1, &value),
                 group("4 flows".into(), Workload::Stream, 4, &value),
             ],
-        ),
+        )?,
     )?;
     write(
         "latency.svg",
@@ -471,7 +421,7 @@ pub fn charts(o: &Output, dir: &Path) -> Result<Vec<PathBuf>> {
                 group("UDP p50".into(), Workload::UdpRr, 1, &|s| s.result.p50_us),
                 group("UDP p99".into(), Workload::UdpRr, 1, &|s| s.result.p99_us),
             ],
-        ),
+        )?,
     )?;
     write(
         "rates.svg",
@@ -483,7 +433,7 @@ pub fn charts(o: &Output, dir: &Path) -> Result<Vec<PathBuf>> {
                 group("TCP CRR conn/s".into(), Workload::Crr, 1, &value),
                 group("UDP RR trans/s".into(), Workload::UdpRr, 1, &value),
             ],
-        ),
+        )?,
     )?;
     let mut setup: BTreeMap<PathKind, Vec<(usize, f64)>> = BTreeMap::new();
     let mut mem: BTreeMap<PathKind, Vec<(usize, f64)>> = BTreeMap::new();
@@ -505,11 +455,11 @@ pub fn charts(o: &Output, dir: &Path) -> Result<Vec<PathBuf>> {
                 "Time to create one container (median)",
                 "ms per container",
                 &setup,
-            ),
+            )?,
         )?;
         write(
             "scale_memory.svg",
-            lines("Kernel memory per container", "KiB per container", &mem),
+            lines("Kernel memory per container", "KiB per container", &mem)?,
         )?;
     }
     for (name, title, wl, flows, unit) in [
@@ -562,8 +512,200 @@ pub fn charts(o: &Output, dir: &Path) -> Result<Vec<PathBuf>> {
             v.sort_by_key(|x| x.0);
         }
         if !series.is_empty() {
-            write(name, lines(title, unit, &series))?;
+            write(name, lines(title, unit, &series)?)?;
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bench::Route, bench::Setup, load::ClientResult};
+
+    fn sample(
+        section: &'static str,
+        scale: usize,
+        path: PathKind,
+        wl: Workload,
+        flows: usize,
+        rep: usize,
+    ) -> Sample {
+        let v = (1 + path as usize) as f64 * (1.0 + rep as f64 / 10.0) * (scale as f64).ln_1p();
+        Sample {
+            section,
+            scale,
+            path,
+            workload: wl,
+            flows,
+            rep,
+            unit: wl.unit(),
+            result: ClientResult {
+                value: 10.0 + v,
+                ops: 1000,
+                secs: 1.0,
+                p50_us: (wl != Workload::Stream).then_some(20.0 + v),
+                p99_us: (wl != Workload::Stream).then_some(80.0 + v),
+                lost: 0,
+            },
+            route: Route {
+                lo_packets: 0,
+                target_veth_packets: 0,
+                other_packets: 0,
+                ok: true,
+                why: String::new(),
+            },
+        }
+    }
+
+    /// Every path in the main matrix; the scale groups at 1 and 100 containers, netiso also at 1000.
+    fn output() -> Output {
+        let mut samples = Vec::new();
+        let mut setup = Vec::new();
+        for path in PathKind::ALL {
+            for (wl, flows) in [
+                (Workload::Stream, 1),
+                (Workload::Stream, 4),
+                (Workload::Rr, 1),
+                (Workload::Crr, 1),
+                (Workload::UdpRr, 1),
+            ] {
+                for rep in 0..3 {
+                    samples.push(sample("main", 1, path, wl, flows, rep));
+                }
+            }
+            let scales: &[usize] = if path == PathKind::Netiso {
+                &[1, 100, 1000]
+            } else {
+                &[1, 100]
+            };
+            for &n in scales {
+                for (wl, flows) in [
+                    (Workload::Stream, 4),
+                    (Workload::Rr, 1),
+                    (Workload::Crr, 1),
+                    (Workload::UdpRr, 1),
+                ] {
+                    samples.push(sample("scale", n, path, wl, flows, 0));
+                }
+                setup.push(Setup {
+                    path,
+                    scale: n,
+                    per_container_ms: vec![1.0 + path as usize as f64; n],
+                    total_s: 0.1,
+                    kernel_kib_per_container: 300.0 * path as usize as f64,
+                    bpf_map_kib_per_container: None,
+                });
+            }
+        }
+        Output {
+            meta: serde_json::json!({ "reps": 3, "duration_ms": 300, "spread": 4 }),
+            samples,
+            setup,
+            crosscheck: Vec::new(),
+            route_failures: 0,
+        }
+    }
+
+    /// The contents of the SVG's <text> elements.
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once("</text>"))
+            .map(|(text, _)| text.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn charts_are_svg_with_titles_axes_and_legend() {
+        let o = output();
+        let dir = std::env::temp_dir().join(format!("netiso-bench-report-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let written = charts(&o, &dir).unwrap();
+        let labels: Vec<&str> = PathKind::ALL.iter().map(|p| p.label()).collect();
+        let expect: [(&str, &str, &[&str]); 9] = [
+            (
+                "throughput.svg",
+                "TCP stream throughput (median, min..max)",
+                &["Gbit/s", "1 flow", "4 flows"],
+            ),
+            (
+                "latency.svg",
+                "1-byte request/response latency",
+                &["microseconds", "TCP p50", "TCP p99", "UDP p50", "UDP p99"],
+            ),
+            (
+                "rates.svg",
+                "Transaction and connection rates",
+                &[
+                    "per second",
+                    "TCP RR trans/s",
+                    "TCP CRR conn/s",
+                    "UDP RR trans/s",
+                ],
+            ),
+            (
+                "scale_setup.svg",
+                "Time to create one container (median)",
+                &[
+                    "ms per container",
+                    "containers (log scale)",
+                    "1",
+                    "10",
+                    "100",
+                    "1000",
+                ],
+            ),
+            (
+                "scale_memory.svg",
+                "Kernel memory per container",
+                &["KiB per container", "containers (log scale)"],
+            ),
+            (
+                "scale_stream.svg",
+                "TCP stream, 4 flows, against container count",
+                &["Gbit/s"],
+            ),
+            (
+                "scale_rr.svg",
+                "TCP 1-byte request/response against container count",
+                &["transactions/s"],
+            ),
+            (
+                "scale_crr.svg",
+                "TCP connection rate against container count",
+                &["connections/s"],
+            ),
+            (
+                "scale_udp.svg",
+                "UDP 1-byte request/response against container count",
+                &["transactions/s"],
+            ),
+        ];
+        assert_eq!(written.len(), expect.len(), "{written:?}");
+        for (name, title, axes) in expect {
+            let path = dir.join(name);
+            assert!(written.contains(&path), "{name} not written");
+            let svg = fs::read_to_string(&path).unwrap();
+            assert!(
+                svg.starts_with("<svg") || svg.starts_with("<?xml"),
+                "{name}"
+            );
+            assert!(svg.contains("</svg>"), "{name}");
+            let t = texts(&svg);
+            for want in [title].iter().chain(axes).chain(&labels) {
+                assert!(
+                    t.iter().any(|x| x == want),
+                    "{name}: no text {want:?} in {t:?}"
+                );
+            }
+        }
+        // The colours per path are kept.
+        let svg = fs::read_to_string(dir.join("throughput.svg")).unwrap();
+        for c in ["#555555", "#1F77B4", "#D62728", "#FF7F0E"] {
+            assert!(svg.to_uppercase().contains(c), "colour {c}");
+        }
+        assert!(table(&o).contains("veth+bridge"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

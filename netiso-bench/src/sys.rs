@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    netiso_common::host::cgroup2_mount().context("no cgroup v2 mount found")
+    netiso_testkit::cgroup2_mount().context("no cgroup v2 mount found")
 }
 
 /// Moves the calling (single-threaded) process into the network namespace at `path`.
@@ -67,7 +67,7 @@ pub fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
 
 /// Removes a cgroup subtree, killing whatever runs in it.
 pub fn remove_cgroup_tree(p: &Path) {
-    netiso_common::host::destroy_cgroup(p, Duration::from_secs(10));
+    netiso_testkit::destroy_cgroup(p, Duration::from_secs(10));
 }
 
 /// Kernel-side memory in KiB as /proc/meminfo shows it: Slab + Percpu + KernelStack +

@@ -1,14 +1,16 @@
 //! What the per-interface TC programs cost per packet, measured in the kernel: the programs the
-//! agent attached to the bench namespace's `lo` are run with BPF_PROG_TEST_RUN (`repeat`
+//! agent attached to the bench namespace's `lo` (and pinned under `progs/`) are run with
+//! BPF_PROG_TEST_RUN (`repeat`
 //! times per sample, the kernel's average), next to a no-op TC program as the baseline. The
 //! difference is netiso's cost for that kind of packet, without any load generator noise.
 use std::{fmt::Write as _, fs, path::Path, thread};
 
-use anyhow::{bail, Context, Result};
-use netiso_common::{
+use anyhow::{Context, Result};
+use netiso_testkit::{
     bpf,
-    packet::craft::{Packet, Transport, ACK, SYN},
+    craft::{Packet, Transport, ACK, SYN},
 };
+use netiso_user::api::{AddContainer, Mode};
 use serde::Serialize;
 
 use crate::env::World;
@@ -38,13 +40,21 @@ pub struct TcCost {
 fn register(w: &World, name: &str, ips: &[String], isolated: bool) -> Result<()> {
     let cg = w.netiso_root.join(name);
     fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
-    let body = serde_json::json!({
-        "name": name, "cgroup": cg, "ips": ips, "isolated": isolated,
-    });
-    let (code, resp) = w.api("POST", "/v1/containers", Some(&body.to_string()))?;
-    if code != 201 {
-        bail!("registering {name}: {code} {resp}");
-    }
+    let ips = ips
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<Vec<_>, _>>()
+        .context("container addresses")?;
+    w.api
+        .add_container(&AddContainer {
+            name: name.to_owned(),
+            cgroup: cg,
+            ips,
+            mode: Mode::Enforce,
+            allow_raw: false,
+            isolated,
+        })
+        .with_context(|| format!("registering {name}"))?;
     Ok(())
 }
 
@@ -61,14 +71,13 @@ pub fn measure(w: &World, extra: usize, repeat: u32, samples: usize) -> Result<T
             false,
         )?;
     }
-    let (code, resp) = w.api("PUT", "/v1/ifaces/lo", None)?;
-    if code != 200 {
-        bail!("attaching the TC programs to lo: {code} {resp}");
-    }
-    let links = Path::new("/sys/fs/bpf").join(&w.id).join("links");
-    let ingress = bpf::prog_of_link(&links.join("tcx-ingress@lo"))?;
-    let egress = bpf::prog_of_link(&links.join("tcx-egress@lo"))?;
-    let noop = bpf::load_noop_tc().context("loading the no-op baseline program")?;
+    w.api
+        .add_iface("lo")
+        .context("attaching the TC programs to lo")?;
+    let progs = Path::new("/sys/fs/bpf").join(&w.id).join("progs");
+    let ingress = bpf::tc_program(&progs.join("tc_ingress"))?;
+    let egress = bpf::tc_program(&progs.join("tc_egress"))?;
+    let noop = bpf::noop_tc().context("loading the no-op baseline program")?;
     let ack = |s, d| Packet::new(s, d, Transport::Tcp { flags: ACK }).build();
     let cases = [
         ("no-op TC program (baseline)", &noop, ack(STRAY, A)),
@@ -109,9 +118,9 @@ pub fn measure(w: &World, extra: usize, repeat: u32, samples: usize) -> Result<T
             // Interleaved: every case once per round.
             for _ in 0..samples {
                 for (i, (_, prog, frame)) in cases.iter().enumerate() {
-                    let (verdict, ns) = bpf::test_run_repeat(prog, frame, repeat)?;
+                    let (verdict, took) = bpf::test_run(prog, frame, repeat)?;
                     out[i].0 = verdict;
-                    out[i].1.push(ns);
+                    out[i].1.push(took.as_nanos() as u32);
                 }
             }
             Ok(out)

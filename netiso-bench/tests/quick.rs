@@ -8,40 +8,13 @@
 use std::{
     fs,
     io::Read,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-
-/// True when the test can run: root, else a failure under CI and a loud skip elsewhere.
-fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("the bench smoke test must run as root under CI");
-    }
-    eprintln!("SKIPPED: the bench smoke test needs root (namespaces, cgroups, eBPF)");
-    false
-}
-
-/// target/<profile>/netiso next to this test's deps dir, or NETISO_BIN.
-fn netiso_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NETISO_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(Path::parent).unwrap().join("netiso");
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo xtask test` (or `cargo build -p netiso-user`) first, or set NETISO_BIN",
-        p.display()
-    );
-    p
-}
 
 /// The bench process; interrupted (it then cleans up) and reaped on drop.
 struct Bench(Option<Child>);
@@ -73,21 +46,17 @@ impl Drop for TmpDir {
 }
 
 fn cgroup2_mount() -> PathBuf {
-    netiso_common::host::cgroup2_mount().expect("cgroup v2 mount")
+    netiso_testkit::cgroup2_mount().expect("cgroup v2 mount")
 }
 
-#[test]
 fn quick_bench_is_sane_and_takes_the_right_routes() {
-    if !privileged() {
-        return;
-    }
     let out =
         TmpDir(std::env::temp_dir().join(format!("netiso-bench-quick-{}", std::process::id())));
     let child = Command::new(env!("CARGO_BIN_EXE_netiso-bench"))
         .args(["run", "--quick", "--no-crosscheck", "--out"])
         .arg(&out.0)
         .arg("--netiso-bin")
-        .arg(netiso_bin())
+        .arg(netiso_testkit::netiso_bin())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -227,3 +196,5 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
     }
     assert_eq!(v["route_failures"], 0);
 }
+
+netiso_testkit::privileged_tests![quick_bench_is_sane_and_takes_the_right_routes];

@@ -35,9 +35,25 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
     }
 }
 
-/// The cgroup v2 mount point, read from /proc/self/mountinfo.
+/// The cgroup v2 mount point, read from /proc/self/mountinfo. Never hard-coded: hybrid
+/// hosts mount it at /sys/fs/cgroup/unified.
 pub fn mount_point() -> Result<PathBuf, CgroupError> {
-    netiso_common::host::cgroup2_mount().ok_or(CgroupError::NoCgroup2)
+    fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| parse_mountinfo(&info))
+        .ok_or(CgroupError::NoCgroup2)
+}
+
+/// The cgroup v2 mount point in a /proc/self/mountinfo text.
+fn parse_mountinfo(info: &str) -> Option<PathBuf> {
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount = pre.split_whitespace().nth(4)?;
+        Some(PathBuf::from(mount.replace("\\040", " ")))
+    })
 }
 
 /// A validated cgroup v2 directory.
@@ -111,6 +127,28 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
     }
 }
 
+/// Tears a subtree down: kills every process in it, waits until it is empty and removes it,
+/// children first. The one teardown of the agent (`netiso run`, `--cleanup`), the tests, the
+/// benchmark and the demo.
+pub fn destroy(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    kill_all(path, timeout)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match remove_tree(path) {
+            // A cgroup whose last task is still being reaped refuses rmdir (EBUSY) briefly.
+            Err(CgroupError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Removes an empty cgroup subtree, children first.
 pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
     let entries = match fs::read_dir(path) {
@@ -127,5 +165,27 @@ pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("removing cgroup", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let info = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_is_none() {
+        let info = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n";
+        assert_eq!(parse_mountinfo(info), None);
     }
 }

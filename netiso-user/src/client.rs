@@ -1,13 +1,22 @@
-//! A small HTTP/1.1 client for the agent's Unix socket (hyper over tokio's UnixStream).
-use std::path::{Path, PathBuf};
+//! The typed client of the agent's API (HTTP/1.1 over its Unix socket, hyper on a private
+//! tokio runtime). One method per route of `api::routes`; the CLI, the tests and the
+//! benchmark talk to the agent only through it.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Bytes, Method, Request, StatusCode};
+use hyper::{body::Bytes, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
-use crate::api::ErrorBody;
+use crate::api::{
+    routes::{self, Method, Route},
+    AddContainer, AddIp, ContainerInfo, ErrorBody, EventsPage, IfaceInfo, Mode, PolicyRule,
+    SetMode, Status,
+};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -28,6 +37,8 @@ pub struct Client {
     rt: tokio::runtime::Runtime,
 }
 
+type Result<T> = std::result::Result<T, ClientError>;
+
 impl Client {
     pub fn new(socket: &Path) -> Client {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -40,39 +51,74 @@ impl Client {
         }
     }
 
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::GET, path, None::<&()>)
+    pub fn status(&self) -> Result<Status> {
+        self.call(routes::STATUS, &[], None::<&()>)
     }
-    pub fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        self.call(Method::POST, path, Some(body))
+    /// Turns enforcement on (true) or off (false) globally.
+    pub fn set_enabled(&self, enabled: bool) -> Result<Status> {
+        let route = if enabled {
+            routes::ENABLE
+        } else {
+            routes::DISABLE
+        };
+        self.call(route, &[], None::<&()>)
     }
-    pub fn put<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        self.call(Method::PUT, path, Some(body))
+    pub fn containers(&self) -> Result<Vec<ContainerInfo>> {
+        self.call(routes::LIST_CONTAINERS, &[], None::<&()>)
     }
-    pub fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.raw(Method::DELETE, path, None).map(|_| ())
+    pub fn add_container(&self, req: &AddContainer) -> Result<ContainerInfo> {
+        self.call(routes::ADD_CONTAINER, &[], Some(req))
     }
-    pub fn delete_returning<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::DELETE, path, None::<&()>)
+    pub fn container(&self, name: &str) -> Result<ContainerInfo> {
+        self.call(routes::SHOW_CONTAINER, &[name], None::<&()>)
+    }
+    pub fn remove_container(&self, name: &str) -> Result<()> {
+        self.send(routes::REMOVE_CONTAINER, &[name], None).map(drop)
+    }
+    pub fn set_mode(&self, name: &str, mode: Mode) -> Result<ContainerInfo> {
+        self.call(routes::SET_MODE, &[name], Some(&SetMode { mode }))
+    }
+    pub fn add_ip(&self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
+        self.call(routes::ADD_IP, &[name], Some(&AddIp { ip }))
+    }
+    pub fn remove_ip(&self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
+        self.call(routes::REMOVE_IP, &[name, &ip.to_string()], None::<&()>)
+    }
+    pub fn rules(&self) -> Result<Vec<PolicyRule>> {
+        self.call(routes::LIST_RULES, &[], None::<&()>)
+    }
+    pub fn set_rule(&self, rule: &PolicyRule) -> Result<Vec<PolicyRule>> {
+        self.call(routes::SET_RULE, &[], Some(rule))
+    }
+    /// Events with a sequence number above `after`.
+    pub fn events(&self, after: u64) -> Result<EventsPage> {
+        let path = format!("{}?after={after}", routes::EVENTS.path(&[]));
+        self.request(routes::EVENTS.method, &path, None)
+            .and_then(|b| self.decode(&b))
+    }
+    pub fn ifaces(&self) -> Result<Vec<IfaceInfo>> {
+        self.call(routes::LIST_IFACES, &[], None::<&()>)
+    }
+    pub fn add_iface(&self, name: &str) -> Result<IfaceInfo> {
+        self.call(routes::ADD_IFACE, &[name], None::<&()>)
+    }
+    pub fn remove_iface(&self, name: &str) -> Result<()> {
+        self.send(routes::REMOVE_IFACE, &[name], None).map(drop)
     }
 
     fn call<B: Serialize, T: DeserializeOwned>(
         &self,
-        method: Method,
-        path: &str,
+        route: Route,
+        params: &[&str],
         body: Option<&B>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<T> {
         let body = body.map(|b| serde_json::to_vec(b).expect("request serializes"));
-        let bytes = self.raw(method, path, body)?;
-        serde_json::from_slice(&bytes)
+        let bytes = self.send(route, params, body)?;
+        self.decode(&bytes)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes)
             .map_err(|e| self.protocol(format!("unexpected response: {e}")))
     }
 
@@ -83,7 +129,17 @@ impl Client {
         }
     }
 
-    fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ClientError> {
+    fn send(&self, route: Route, params: &[&str], body: Option<Vec<u8>>) -> Result<Bytes> {
+        self.request(route.method, &route.path(params), body)
+    }
+
+    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
+        let method = match method {
+            Method::Get => hyper::Method::GET,
+            Method::Post => hyper::Method::POST,
+            Method::Put => hyper::Method::PUT,
+            Method::Delete => hyper::Method::DELETE,
+        };
         self.rt.block_on(async {
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await

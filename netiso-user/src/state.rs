@@ -113,6 +113,7 @@ impl State {
         };
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        crate::failpoint::hit("state.save").map_err(err)?;
         let json = serde_json::to_vec_pretty(self).expect("state serializes");
         let mut f = fs::File::create(&tmp).map_err(err)?;
         f.write_all(&json).map_err(err)?;

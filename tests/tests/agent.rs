@@ -9,9 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netiso_tests::{
-    netiso_bin, privileged, probe_last, unique, wait_until, CgroupTree, CliOutput, World,
-};
+use netiso_testkit::{netiso_bin, probe_last, unique, wait_until, CgroupTree, CliOutput, World};
 use nix::sys::signal::Signal;
 
 /// A bind to an address the container does not own: refused while netiso enforces.
@@ -108,11 +106,7 @@ fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CliOutput {
 
 /// Contract: an agent stopped with SIGTERM leaves its pins enforcing; the restarted agent
 /// adopts the pins and the state (same container, same id) and keeps enforcing.
-#[test]
 fn restart_after_sigterm_keeps_enforcing_and_adopts_state() {
-    if !privileged() {
-        return;
-    }
     let mut w = World::new("a-term");
     let cg = w.container("web", &["192.0.2.10"], &[]);
     assert_refused(&w, &cg);
@@ -157,11 +151,7 @@ fn restart_after_sigterm_keeps_enforcing_and_adopts_state() {
 
 /// Contract: kill -9 never opens a gap either; the new agent adopts the pinned links and maps,
 /// so changes made after the restart take effect in the kernel.
-#[test]
 fn restart_after_sigkill_adopts_pins_and_accepts_changes() {
-    if !privileged() {
-        return;
-    }
     let mut w = World::new("a-kill");
     let cg = w.container("web", &["192.0.2.10"], &[]);
     assert_refused(&w, &cg);
@@ -212,11 +202,7 @@ fn restart_after_sigkill_adopts_pins_and_accepts_changes() {
 
 /// Contract: the state file holds the registrations while the agent is down, and the restarted
 /// agent reuses the pinned maps: counters survive the restart.
-#[test]
 fn state_file_and_counters_survive_restart() {
-    if !privileged() {
-        return;
-    }
     let mut w = World::new("a-state");
     let cg = w.container(
         "web",
@@ -258,11 +244,7 @@ fn state_file_and_counters_survive_restart() {
 
 /// Contract: one agent per set of pins: a second agent on the same bpffs refuses to start
 /// (quickly, with a clear message) and does not disturb the first.
-#[test]
 fn second_agent_on_same_pins_refuses_to_start() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("a-second");
     let cg = w.container("web", &["192.0.2.10"], &[]);
     let tmp = std::env::temp_dir().join(unique("second"));
@@ -301,11 +283,7 @@ fn second_agent_on_same_pins_refuses_to_start() {
 
 /// Contract: `agent --cleanup` refuses while the agent runs (changing nothing); once the agent
 /// is stopped it detaches everything and removes the pins and the state.
-#[test]
 fn cleanup_refused_while_running_then_detaches_everything() {
-    if !privileged() {
-        return;
-    }
     let mut w = World::new("a-clean");
     let cg = w.container("web", &["192.0.2.10"], &[]);
     let state_file = w.agent.state_dir.join("state.json");
@@ -372,11 +350,7 @@ impl Drop for ConfigAgent {
 
 /// Contract: `agent --config FILE` takes cgroup-root, bpffs, state-dir and socket from the TOML
 /// file; an unknown key is an error naming the file.
-#[test]
 fn agent_reads_config_file_and_rejects_unknown_keys() {
-    if !privileged() {
-        return;
-    }
     let cgroups = CgroupTree::new("a-conf");
     let id = unique("conf");
     let tmp = std::env::temp_dir().join(&id);
@@ -487,11 +461,7 @@ fn agent_reads_config_file_and_rejects_unknown_keys() {
 
 /// Contract: `disable` is persisted: it survives a restart (hooks pass), and `enable` after the
 /// restart enforces again.
-#[test]
 fn disable_survives_restart() {
-    if !privileged() {
-        return;
-    }
     let mut w = World::new("a-disable");
     let cg = w.container("web", &["192.0.2.10"], &[]);
     assert_refused(&w, &cg);
@@ -557,11 +527,7 @@ impl Drop for StrayPins {
 /// Contract: an agent that fails to start leaves nothing attached: the API socket is bound
 /// before the datapath is touched, so an agent refused because the socket is in use cannot
 /// leave an orphaned datapath enforcing stale policy.
-#[test]
 fn failed_agent_start_leaves_nothing_attached() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("a-orphan");
     let cg = w.container("web", &["192.0.2.10"], &[]);
     let stray = StrayPins {
@@ -595,11 +561,7 @@ fn failed_agent_start_leaves_nothing_attached() {
 /// Contract: pins whose maps have another layout (left by another netiso version) are not
 /// reused: the agent refuses to start, says what to do, and attaches nothing; after
 /// `--cleanup` it starts.
-#[test]
 fn pins_of_another_layout_are_refused_with_advice() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("a-layout");
     let stray = StrayPins {
         bpffs: PathBuf::from("/sys/fs/bpf").join(unique("layout")),
@@ -608,7 +570,7 @@ fn pins_of_another_layout_are_refused_with_advice() {
     };
     fs::create_dir_all(stray.bpffs.join("maps")).unwrap();
     // COUNTERS as an older netiso made it: 20 counters instead of today's.
-    netiso_tests::bpf::create_pinned_map(&stray.bpffs.join("maps/COUNTERS"), 5, 4, 160, 16)
+    netiso_testkit::bpf::create_pinned_map(&stray.bpffs.join("maps/COUNTERS"), 5, 4, 160, 16)
         .expect("creating a stand-in pinned map");
     let agent = |extra: &[&str]| {
         run_with_timeout(
@@ -634,3 +596,15 @@ fn pins_of_another_layout_are_refused_with_advice() {
     assert_eq!(agent(&["--cleanup"]).code, 0);
     assert!(!stray.bpffs.exists());
 }
+
+netiso_testkit::privileged_tests![
+    restart_after_sigterm_keeps_enforcing_and_adopts_state,
+    restart_after_sigkill_adopts_pins_and_accepts_changes,
+    state_file_and_counters_survive_restart,
+    second_agent_on_same_pins_refuses_to_start,
+    cleanup_refused_while_running_then_detaches_everything,
+    agent_reads_config_file_and_rejects_unknown_keys,
+    disable_survives_restart,
+    failed_agent_start_leaves_nothing_attached,
+    pins_of_another_layout_are_refused_with_advice,
+];

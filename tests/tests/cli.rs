@@ -8,9 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use netiso_tests::{
-    cgroup2_mount, netiso_bin, privileged, probe_bin, probe_last, unique, CliOutput, World,
-};
+use netiso_testkit::{cgroup2_mount, netiso_bin, probe_bin, probe_last, unique, CliOutput, World};
 use serde_json::{json, Value};
 
 const EXIT_RUNTIME: i32 = 1;
@@ -94,11 +92,7 @@ impl Drop for StrayCgroup {
 }
 
 /// Contract: malformed input is a usage error (exit 2), detected before the agent is asked.
-#[test]
 fn usage_errors_exit_2() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-usage");
     w.container("a", &["192.0.2.10"], &[]);
     let fresh = w.cgroups.child("fresh").display().to_string();
@@ -156,11 +150,7 @@ fn usage_errors_exit_2() {
 
 /// Contract: requests the agent refuses exit 1 with a precise message, and change nothing
 /// (neither the registrations nor the kernel's policy).
-#[test]
 fn refused_requests_exit_1_and_change_nothing() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-refuse");
     let a = w.container("a", &["192.0.2.10", "2001:db8::10"], &[]);
     let b = w.container("b", &["192.0.2.11"], &[]);
@@ -339,11 +329,7 @@ fn refused_requests_exit_1_and_change_nothing() {
 
 /// Contract: the same commands succeed where they are valid (the refusals above are not
 /// blanket refusals); relative cgroup paths resolve against the cgroup2 mount.
-#[test]
 fn valid_changes_succeed() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-valid");
     w.container("a", &["192.0.2.10"], &[]);
     cli(&w, "container ip add a 2001:db8::10").ok();
@@ -375,11 +361,7 @@ fn valid_changes_succeed() {
 
 /// Contract: without a reachable agent every command exits 1 saying so (and `run` creates
 /// nothing); NETISO_SOCKET is the socket when --socket is not given, --socket wins over it.
-#[test]
 fn unreachable_agent_and_netiso_socket_env() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-socket");
     let nowhere = std::env::temp_dir()
         .join(unique("nowhere"))
@@ -442,11 +424,7 @@ fn unreachable_agent_and_netiso_socket_env() {
 
 /// Contract: --json prints parseable JSON (before or after the subcommand); tables and field
 /// lists have a header.
-#[test]
 fn json_and_table_output() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-output");
     let cg = w.cgroups.child("web");
     let cg_s = cg.display().to_string();
@@ -554,11 +532,7 @@ fn assert_run_cleaned_up(w: &World, name: &str) {
 /// Contract: `netiso run` runs CMD inside a fresh container at <cgroup root>/netiso/NAME with
 /// the given policy, CMD's stdout passes through, and the container is unregistered and its
 /// cgroup removed when CMD exits.
-#[test]
 fn run_passes_stdout_through_and_cleans_up() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-run");
     let probe = probe_bin().display().to_string();
     let ns = w.ns.path();
@@ -627,11 +601,7 @@ fn run_passes_stdout_through_and_cleans_up() {
 
 /// Contract: CMD's exit status passes through, death by signal N exits 128+N; cleanup happens
 /// either way, also of processes CMD left behind.
-#[test]
 fn run_passes_exit_status_through() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-exit");
     for (name, ip, script, code) in [
         ("e7", "192.0.2.10", "exit 7", 7),
@@ -653,11 +623,7 @@ fn run_passes_exit_status_through() {
 }
 
 /// Contract: `netiso run`'s stdin is CMD's stdin.
-#[test]
 fn run_passes_stdin_through() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-stdin");
     let mut child = Command::new(netiso_bin())
         .arg("--socket")
@@ -689,11 +655,7 @@ fn run_passes_stdin_through() {
 /// Contract: a `run` the agent refuses (address owned by another container, name clash) exits
 /// 1 naming the reason, does not run CMD and leaves no cgroup behind; the existing container
 /// is untouched.
-#[test]
 fn run_refused_leaves_nothing_behind() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-runfail");
     let a = w.container("a", &["192.0.2.10"], &[]);
     let before = ls(&w);
@@ -729,11 +691,7 @@ fn run_refused_leaves_nothing_behind() {
 }
 
 /// Contract: the help texts document every option.
-#[test]
 fn help_mentions_every_option() {
-    if !privileged() {
-        return;
-    }
     let help = |line: &str| {
         let out = output(&mut netiso(&line.split_whitespace().collect::<Vec<_>>()));
         assert_eq!(out.code, 0, "{line}: {out:?}");
@@ -800,11 +758,7 @@ fn help_mentions_every_option() {
 
 /// Contract: a container name is a name, never part of an API path: names that could be read
 /// as paths or queries (`a/ips/ADDR`, `a?x`, `%61`, `a b`) are usage errors and change nothing.
-#[test]
 fn names_are_not_interpreted_as_api_paths() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-names");
     w.container("a", &["192.0.2.10", "192.0.2.11"], &[]);
     for args in [
@@ -822,11 +776,7 @@ fn names_are_not_interpreted_as_api_paths() {
 
 /// Contract: `netiso run` with an invalid name is a usage error and creates no cgroup (the
 /// name is checked before `<root>/netiso/NAME` is made).
-#[test]
 fn run_with_invalid_name_leaves_no_cgroup() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("c-runname");
     let out = cli(&w, "run --name x/y --ip 192.0.2.20 -- true");
     assert_eq!(out.code, EXIT_USAGE, "{out:?}");
@@ -838,3 +788,18 @@ fn run_with_invalid_name_leaves_no_cgroup() {
     let x = run_cgroup(&w, "x");
     assert!(!x.exists(), "run left {} behind", x.display());
 }
+
+netiso_testkit::privileged_tests![
+    usage_errors_exit_2,
+    refused_requests_exit_1_and_change_nothing,
+    valid_changes_succeed,
+    unreachable_agent_and_netiso_socket_env,
+    json_and_table_output,
+    run_passes_stdout_through_and_cleans_up,
+    run_passes_exit_status_through,
+    run_passes_stdin_through,
+    run_refused_leaves_nothing_behind,
+    help_mentions_every_option,
+    names_are_not_interpreted_as_api_paths,
+    run_with_invalid_name_leaves_no_cgroup,
+];

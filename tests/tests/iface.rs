@@ -13,10 +13,8 @@ use std::{
     time::Duration,
 };
 
-use netiso_common::packet::craft::{checksum, Packet, Transport};
-use netiso_tests::{
-    bpf::to_hex, privileged, probe_last, wait_until, Agent, Background, Netns, Step, World,
-};
+use netiso_testkit::craft::{checksum, to_hex, Packet, Transport};
+use netiso_testkit::{probe_last, wait_until, Agent, Background, Netns, Step, World};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -291,11 +289,7 @@ fn veth_pins() -> Vec<String> {
 // Ingress traffic is attributed to the container owning its destination, egress traffic (the
 // replies) to the owner of its source; an unregistered process talking over the interface from
 // a host address changes no container counter. UDP and TCP, IPv4 and IPv6.
-#[test]
 fn interface_traffic_is_attributed_to_the_address_owner() {
-    if !privileged() {
-        return;
-    }
     let lan = Lan::new("if-attr");
     let info = lan
         .agent()
@@ -454,11 +448,7 @@ fn interface_traffic_is_attributed_to_the_address_owner() {
 // refuses new flows (TCP SYN, UDP to an unconnected socket) from another container already at
 // the interface, even when the sender's socket hooks were bypassed; replies to flows it opened
 // itself pass; an allow rule lets the same packets in.
-#[test]
 fn isolated_container_drops_new_flows_at_the_interface() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("if-lo");
     w.agent.cli(&["iface", "add", "lo"]).ok();
     let a = w.container("a", &[V4.c1, V6.c1], &[]);
@@ -642,11 +632,7 @@ fn isolated_container_drops_new_flows_at_the_interface() {
 // A container process writing frames straight to the interface (AF_PACKET: no socket hook and
 // no cgroup_skb program sees them) cannot use a source it does not own; its own source passes.
 // An unregistered process may send anything, also a container's source.
-#[test]
 fn spoofed_frames_are_dropped_on_the_wire() {
-    if !privileged() {
-        return;
-    }
     let lan = Lan::new("if-spoof");
     lan.agent().cli(&["iface", "add", VETH]).ok();
     for (fam, port) in [(V4, 7300), (V6, 7400)] {
@@ -691,11 +677,7 @@ fn spoofed_frames_are_dropped_on_the_wire() {
 // Errors: an unknown or non-Ethernet interface is refused with its name (exit 1) and nothing
 // is configured or pinned; a malformed name is a usage error (exit 2); removing an interface
 // that is not configured is an error (exit 1).
-#[test]
 fn iface_errors_are_clear_and_change_nothing() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("if-err");
     let out = w.agent.cli(&["iface", "add", "nosuch0"]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -730,11 +712,7 @@ fn iface_errors_are_clear_and_change_nothing() {
 
 // `iface add` twice attaches once (each packet counted once); `iface ls` (table and JSON);
 // `iface rm` unpins and detaches: the interface's traffic is no longer counted.
-#[test]
 fn iface_add_is_idempotent_and_rm_detaches() {
-    if !privileged() {
-        return;
-    }
     let lan = Lan::new("if-add");
     let ifindex = lan.w.ns.ifindex(VETH);
     for _ in 0..2 {
@@ -793,11 +771,7 @@ fn iface_add_is_idempotent_and_rm_detaches() {
 // `agent --iface`: the programs are pinned and keep enforcing and counting while the agent is
 // killed; a restarted agent (without --iface) adopts them from its state; `agent --cleanup`
 // detaches them.
-#[test]
 fn tc_programs_outlive_the_agent_until_cleanup() {
-    if !privileged() {
-        return;
-    }
     let mut lan = Lan::new("if-life");
     let spoofed = udp_frame(V4.c2, 4000, V4.peer, 7800);
     lan.w.agent.stop(Signal::SIGTERM);
@@ -856,11 +830,7 @@ fn tc_programs_outlive_the_agent_until_cleanup() {
 // An interface deleted and created again under the same name: `iface ls` tells missing and
 // detached (and detached means not enforced), `iface add` repairs it; an agent (re)started
 // after the interface was re-created re-attaches it from its state by itself.
-#[test]
 fn recreated_interface_is_reported_and_repaired() {
-    if !privileged() {
-        return;
-    }
     let mut lan = Lan::new("if-recreate");
     let spoofed = udp_frame(V6.stranger, 4000, V6.peer, 7900);
     lan.agent().cli(&["iface", "add", VETH]).ok();
@@ -908,3 +878,13 @@ fn recreated_interface_is_reported_and_repaired() {
     lan.datagram(&lan.c1, V6, V6.c1, 7920);
     assert_eq!(lan.agent().counter("c1", "iface_rx_packets"), rx + 1);
 }
+
+netiso_testkit::privileged_tests![
+    interface_traffic_is_attributed_to_the_address_owner,
+    isolated_container_drops_new_flows_at_the_interface,
+    spoofed_frames_are_dropped_on_the_wire,
+    iface_errors_are_clear_and_change_nothing,
+    iface_add_is_idempotent_and_rm_detaches,
+    tc_programs_outlive_the_agent_until_cleanup,
+    recreated_interface_is_reported_and_repaired,
+];

@@ -1,6 +1,6 @@
 //! The isolation contract (README "Isolation contract", numbered as there), checked against
 //! real sockets in a namespace and cgroup subtree each test creates.
-use netiso_tests::{privileged, probe, probe_last, Background, World};
+use netiso_testkit::{probe, probe_last, Background, World};
 
 /// A container "c1" owning 192.0.2.10, 192.0.2.11, 2001:db8::10, 2001:db8::11 and a second
 /// container "c2" owning 192.0.2.20 and 2001:db8::20.
@@ -22,11 +22,7 @@ fn ip_of(addr: &str) -> &str {
 }
 
 // 1. bind to an owned address: allowed, port unchanged.
-#[test]
 fn bind_to_owned_address_keeps_address_and_port() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("own");
     for (kind, addr) in [
         ("tcp4", "192.0.2.11:7001"),
@@ -50,11 +46,7 @@ fn bind_to_owned_address_keeps_address_and_port() {
 }
 
 // 2. wildcard binds become the primary address of the family.
-#[test]
 fn wildcard_bind_is_rewritten_to_the_primary_address() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("wild");
     let cases = [
         (vec!["socket tcp4", "bind 0.0.0.0:7010"], "192.0.2.10:7010"),
@@ -94,11 +86,7 @@ fn wildcard_bind_is_rewritten_to_the_primary_address() {
 
 // 2, seen from outside: two containers can both listen on *:8080 and each is reached only at
 // its own address.
-#[test]
 fn two_containers_share_a_wildcard_port() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, c2) = two_containers("share");
     let host = w.host_cgroup();
     let a = Background::spawn(
@@ -124,11 +112,7 @@ fn two_containers_share_a_wildcard_port() {
 }
 
 // 3. binds to anything not owned are refused with EADDRNOTAVAIL.
-#[test]
 fn binds_to_foreign_addresses_are_refused() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("foreign");
     let cases = [
         ("tcp4", "192.0.2.20:7020"),      // another container's
@@ -157,11 +141,7 @@ fn binds_to_foreign_addresses_are_refused() {
 }
 
 // 4. connect from an unbound socket gets the primary owned source; a bound one keeps its own.
-#[test]
 fn connect_uses_the_primary_address_as_source() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("connect");
     let host = w.host_cgroup();
     let srv4 = Background::spawn(
@@ -249,11 +229,7 @@ fn connect_uses_the_primary_address_as_source() {
 }
 
 // 4. ICMP ping sockets: connect picks the primary source too.
-#[test]
 fn ping_socket_connect_uses_the_primary_address() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("ping");
     w.ns.sysctl("net.ipv4.ping_group_range", "0 2147483647");
     let s = probe_last(&w.ns, &c1, &["socket ping4", "connect 198.51.100.1:0"]);
@@ -263,11 +239,7 @@ fn ping_socket_connect_uses_the_primary_address() {
 }
 
 // 5. unconnected UDP sends leave with an owned source; a PKTINFO source must be owned.
-#[test]
 fn unconnected_udp_sends_use_an_owned_source() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("send");
     let host = w.host_cgroup();
     let r4 = Background::spawn(
@@ -371,11 +343,7 @@ fn unconnected_udp_sends_use_an_owned_source() {
 
 // 5. a sticky IPV6_PKTINFO cannot smuggle a foreign source: refused at setsockopt, and the
 // wire never shows a non-owned source (regression guard for kernels that honour it).
-#[test]
 fn sticky_ipv6_pktinfo_cannot_choose_a_foreign_source() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("sticky");
     let host = w.host_cgroup();
     let s = probe_last(&w.ns, &c1, &["socket udp6", "sticky-pktinfo 2001:db8::20"]);
@@ -413,11 +381,7 @@ fn sticky_ipv6_pktinfo_cannot_choose_a_foreign_source() {
 }
 
 // 6. sockets the address hooks cannot govern are refused at creation unless --allow-raw.
-#[test]
 fn ungoverned_socket_types_are_refused_unless_allow_raw() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("raw");
     for kind in ["raw4", "raw6", "udplite4"] {
         let s = probe_last(&w.ns, &c1, &[&format!("socket {kind}")]);
@@ -441,11 +405,7 @@ fn ungoverned_socket_types_are_refused_unless_allow_raw() {
 
 // 7. loopback: 127.0.0.1 inside a container is its own private 127.128.x.y; it reaches
 // neither host loopback services nor other containers' loopback listeners.
-#[test]
 fn loopback_is_private_to_each_container() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, c2) = two_containers("lo");
     let host = w.host_cgroup();
     let lo1 = w
@@ -522,11 +482,7 @@ fn loopback_is_private_to_each_container() {
 }
 
 // Containers are cgroup subtrees: a process in a nested child cgroup is in the container.
-#[test]
 fn nested_cgroups_belong_to_their_container() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("nested");
     let deep = w.cgroups.child("c1/a/b/c");
     assert!(deep.starts_with(&c1));
@@ -541,11 +497,7 @@ fn nested_cgroups_belong_to_their_container() {
 }
 
 // 8. processes in unregistered cgroups are never affected.
-#[test]
 fn unregistered_processes_are_untouched() {
-    if !privileged() {
-        return;
-    }
     let (w, _, _) = two_containers("host");
     let host = w.host_cgroup();
     assert_eq!(
@@ -566,11 +518,7 @@ fn unregistered_processes_are_untouched() {
 }
 
 // 9. disable turns every hook into pass-through; enable restores enforcement.
-#[test]
 fn disable_and_enable_switch_enforcement_globally() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("toggle");
     w.agent.cli(&["disable"]).ok();
     assert_eq!(
@@ -594,11 +542,7 @@ fn disable_and_enable_switch_enforcement_globally() {
 }
 
 // 9. audit mode allows (and rewrites nothing) but counts what enforce mode would refuse.
-#[test]
 fn audit_mode_allows_and_counts() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("audit");
     let c = w.container("aud", &["192.0.2.10"], &["--mode", "audit"]);
     assert_eq!(
@@ -623,11 +567,7 @@ fn audit_mode_allows_and_counts() {
 // A socket is governed by the container of the task that uses it (the hooks see the calling
 // task's cgroup). A socket made outside and handed to a container process is restricted;
 // one made inside and handed out is not.
-#[test]
 fn sockets_follow_the_task_that_uses_them() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("fd");
     let host = w.host_cgroup();
     let c1s = c1.display().to_string();
@@ -670,11 +610,7 @@ fn sockets_follow_the_task_that_uses_them() {
 
 // listen() without bind and UDP autobind bind the wildcard with no hook involved: at the
 // socket layer they stay wildcard (tests/packet.rs shows the packet layer closing the gap).
-#[test]
 fn implicit_binds_are_wildcard_at_the_socket_layer() {
-    if !privileged() {
-        return;
-    }
     let (w, c1, _) = two_containers("autobind");
     let s = probe_last(&w.ns, &c1, &["socket tcp4", "listen"]);
     assert!(s.addr().starts_with("0.0.0.0:"), "{:?}", s.value);
@@ -701,3 +637,22 @@ fn implicit_binds_are_wildcard_at_the_socket_layer() {
     );
     assert_eq!(s.err(), "EADDRNOTAVAIL");
 }
+
+netiso_testkit::privileged_tests![
+    bind_to_owned_address_keeps_address_and_port,
+    wildcard_bind_is_rewritten_to_the_primary_address,
+    two_containers_share_a_wildcard_port,
+    binds_to_foreign_addresses_are_refused,
+    connect_uses_the_primary_address_as_source,
+    ping_socket_connect_uses_the_primary_address,
+    unconnected_udp_sends_use_an_owned_source,
+    sticky_ipv6_pktinfo_cannot_choose_a_foreign_source,
+    ungoverned_socket_types_are_refused_unless_allow_raw,
+    loopback_is_private_to_each_container,
+    nested_cgroups_belong_to_their_container,
+    unregistered_processes_are_untouched,
+    disable_and_enable_switch_enforcement_globally,
+    audit_mode_allows_and_counts,
+    sockets_follow_the_task_that_uses_them,
+    implicit_binds_are_wildcard_at_the_socket_layer,
+];

@@ -1,6 +1,6 @@
 //! The per-container packet layer (cgroup_skb ingress/egress on container sockets): what the
 //! socket hooks never see is closed by checking each packet's local address.
-use netiso_tests::{privileged, probe_last, Background, World};
+use netiso_testkit::{probe_last, Background, World};
 
 fn port_of(addr: &str) -> &str {
     addr.rsplit_once(':').unwrap().1
@@ -12,11 +12,7 @@ fn ip_of(addr: &str) -> &str {
 
 // listen() without bind() autobinds the wildcard with no hook; ingress drops every packet
 // whose destination the container does not own, so only its own address reaches it.
-#[test]
 fn implicit_tcp_listener_only_receives_owned_destinations() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("p-listen");
     let c1 = w.container("c1", &["192.0.2.10"], &[]);
     let host = w.host_cgroup();
@@ -48,11 +44,7 @@ fn implicit_tcp_listener_only_receives_owned_destinations() {
 }
 
 // UDP autobind binds the wildcard too: datagrams to non-owned destinations are dropped.
-#[test]
 fn implicit_udp_socket_only_receives_owned_destinations() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("p-udp");
     let c1 = w.container("c1", &["192.0.2.10"], &[]);
     let host = w.host_cgroup();
@@ -90,11 +82,7 @@ fn implicit_udp_socket_only_receives_owned_destinations() {
 
 // A raw socket (allowed with --allow-raw) can write any source address; egress drops a packet
 // whose source the container does not own. Unregistered processes are untouched.
-#[test]
 fn spoofed_sources_are_dropped_on_egress() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("p-spoof");
     let raw = w.container("raw", &["192.0.2.30"], &["--allow-raw"]);
     let host = w.host_cgroup();
@@ -132,11 +120,7 @@ fn spoofed_sources_are_dropped_on_egress() {
 }
 
 // Per-container rx/tx packets and bytes, shown by `netiso stats`.
-#[test]
 fn traffic_is_counted_per_container() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("p-count");
     let c1 = w.container("c1", &["192.0.2.10", "2001:db8::10"], &[]);
     let c2 = w.container("c2", &["192.0.2.20"], &[]);
@@ -170,11 +154,7 @@ fn traffic_is_counted_per_container() {
 }
 
 // Audit mode lets the packet through and counts it; disable passes everything.
-#[test]
 fn packet_layer_honours_audit_and_disable() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("p-audit");
     let c1 = w.container("c1", &["192.0.2.10"], &["--mode", "audit"]);
     let host = w.host_cgroup();
@@ -199,3 +179,11 @@ fn packet_layer_honours_audit_and_disable() {
     .addr();
     srv.wait_for("accept");
 }
+
+netiso_testkit::privileged_tests![
+    implicit_tcp_listener_only_receives_owned_destinations,
+    implicit_udp_socket_only_receives_owned_destinations,
+    spoofed_sources_are_dropped_on_egress,
+    traffic_is_counted_per_container,
+    packet_layer_honours_audit_and_disable,
+];

@@ -1,17 +1,13 @@
 //! Policy between containers: by default they reach each other like hosts on a LAN; an
 //! `--isolated` container accepts only containers a rule allows, enforced where a connection
 //! or datagram starts (connect/sendmsg) and where it arrives (packet ingress).
-use netiso_tests::{privileged, probe_last, Background, World};
+use netiso_testkit::{probe_last, Background, World};
 
 fn port_of(addr: &str) -> &str {
     addr.rsplit_once(':').unwrap().1
 }
 
-#[test]
 fn isolated_container_accepts_only_allowed_containers() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("pol");
     w.ns.add_addr("198.51.100.7/32");
     let a = w.container("a", &["192.0.2.10", "2001:db8::10"], &[]);
@@ -102,11 +98,7 @@ fn isolated_container_accepts_only_allowed_containers() {
 // The receiving side: a packet from a container the policy does not allow is dropped on
 // arrival even when the sender's socket hooks did not stop it (here: a socket created in
 // container a, bound there, then used by a task outside every container).
-#[test]
 fn isolation_is_enforced_where_packets_arrive() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("pol-in");
     let a = w.container("a", &["192.0.2.10"], &[]);
     let b = w.container("b", &["192.0.2.20"], &["--isolated"]);
@@ -147,11 +139,7 @@ fn isolation_is_enforced_where_packets_arrive() {
     srv.wait_for("accept");
 }
 
-#[test]
 fn policy_errors_are_clear_and_change_nothing() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("pol-err");
     w.container("a", &["192.0.2.10"], &[]);
     let out = w.agent.cli(&["policy", "allow", "a", "nope"]);
@@ -173,11 +161,7 @@ fn policy_errors_are_clear_and_change_nothing() {
 
 // What the datapath refuses, audits or drops shows up in `netiso events`, with the container,
 // the hook, the errno and the address.
-#[test]
 fn refusals_are_reported_as_events() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("pol-ev");
     let a = w.container("a", &["192.0.2.10"], &[]);
     let b = w.container("b", &["192.0.2.20"], &["--isolated"]);
@@ -211,7 +195,7 @@ fn refusals_are_reported_as_events() {
         ),
     ];
     let mut events = Vec::new();
-    netiso_tests::wait_until("three events", std::time::Duration::from_secs(10), || {
+    netiso_testkit::wait_until("three events", std::time::Duration::from_secs(10), || {
         let out = w.agent.cli(&["--json", "events"]).ok();
         events = out
             .stdout
@@ -239,11 +223,7 @@ fn refusals_are_reported_as_events() {
 // server's unconnected sendto back to it is a reply (the isolated side's socket is connected
 // to the server), not a new flow, so neither its sendmsg hook nor the arrival refuses it.
 // A send from the server to any other port of the isolated container is still refused.
-#[test]
 fn isolated_container_gets_udp_replies_to_flows_it_opened() {
-    if !privileged() {
-        return;
-    }
     let w = World::new("pol-udp");
     let a = w.container("a", &["192.0.2.10", "2001:db8::10"], &[]);
     let b = w.container("b", &["192.0.2.20", "2001:db8::20"], &["--isolated"]);
@@ -297,3 +277,11 @@ fn isolated_container_gets_udp_replies_to_flows_it_opened() {
     }
     assert_eq!(w.agent.counter("b", "policy_dropped"), 0);
 }
+
+netiso_testkit::privileged_tests![
+    isolated_container_accepts_only_allowed_containers,
+    isolation_is_enforced_where_packets_arrive,
+    policy_errors_are_clear_and_change_nothing,
+    refusals_are_reported_as_events,
+    isolated_container_gets_udp_replies_to_flows_it_opened,
+];

@@ -1,5 +1,6 @@
 //! The per-interface TC programs (`tc_ingress`, `tc_egress`) fed crafted Ethernet frames with
-//! BPF_PROG_TEST_RUN, through the links the agent pinned for the test namespace's `lo`.
+//! BPF_PROG_TEST_RUN: the programs the agent pinned under `progs/` and attached to the test
+//! namespace's `lo`.
 //!
 //! Every case checks the verdict (-1 = TCX_NEXT, 2 = drop) and the exact change of every
 //! counter of every container: an attributed frame adds exactly one packet and its length in
@@ -17,18 +18,18 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io,
-    os::fd::OwnedFd,
     path::{Path, PathBuf},
     thread,
     time::Duration,
 };
 
-use netiso_common::packet::{
-    self,
-    craft::{Packet, Transport, ACK, SYN},
-    Kind,
+use aya::programs::SchedClassifier;
+use netiso_common::packet::{self, Kind};
+use netiso_testkit::{
+    bpf,
+    craft::{to_hex, Packet, Transport, ACK, SYN},
+    probe_last, wait_until, Background, World,
 };
-use netiso_tests::{bpf, privileged, probe_last, wait_until, Background, World};
 
 const NEXT: i32 = -1;
 const DROP: i32 = 2;
@@ -146,7 +147,7 @@ type Counts = BTreeMap<(String, String), u64>;
 /// A world with containers a, b (`--isolated`) and c, and the TC programs on its `lo`.
 struct Tc {
     w: World,
-    ingress_prog: OwnedFd,
+    ingress_prog: SchedClassifier,
     egress_pin: PathBuf,
     netns: File,
     /// The counters as last read; every check compares against it.
@@ -161,9 +162,13 @@ impl Tc {
         w.container("c", &[V4.c, V6.c], &[]);
         w.agent.cli(&["iface", "add", "lo"]).ok();
         let links = w.agent.bpffs.join("links");
-        let ingress_prog = bpf::prog_of_link(&links.join("tcx-ingress@lo")).expect("ingress link");
-        let egress_pin = links.join("tcx-egress@lo");
-        assert!(egress_pin.exists(), "no egress link pinned");
+        for pin in ["tcx-ingress@lo", "tcx-egress@lo"] {
+            assert!(links.join(pin).exists(), "no link {pin} pinned");
+        }
+        let progs = w.agent.bpffs.join("progs");
+        let ingress_prog = bpf::tc_program(&progs.join("tc_ingress")).expect("ingress program");
+        let egress_pin = progs.join("tc_egress");
+        assert!(egress_pin.exists(), "no egress program pinned");
         let netns = File::open(w.ns.path()).expect("netns");
         let t = Tc {
             w,
@@ -221,7 +226,7 @@ impl Tc {
         thread::scope(|s| {
             s.spawn(|| {
                 nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                bpf::test_run(prog, frame)
+                bpf::test_run(prog, frame, 1).map(|(verdict, _)| verdict)
             })
             .join()
             .expect("test-run thread")
@@ -230,11 +235,7 @@ impl Tc {
 
     /// tc_egress on `frame`, for a socket of `cgroup`.
     fn run_egress(&self, cgroup: &Path, frame: &[u8]) -> i32 {
-        let step = format!(
-            "tc-run {} {}",
-            self.egress_pin.display(),
-            bpf::to_hex(frame)
-        );
+        let step = format!("tc-run {} {}", self.egress_pin.display(), to_hex(frame));
         let s = probe_last(&self.w.ns, cgroup, &[&step]);
         s.addr().parse().expect("retval")
     }
@@ -278,7 +279,7 @@ impl Tc {
                     NEXT,
                     "ingress {what}: {}-byte frame {}",
                     f.len(),
-                    bpf::to_hex(f)
+                    to_hex(f)
                 ),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => refused += 1,
                 Err(e) => panic!("ingress {what}: test run: {e}"),
@@ -353,11 +354,7 @@ fn judged_like_plain(t: &Tc, what: &str, f: &Fam, shape: impl Fn(&mut Packet)) {
 
 // 1-3: attribution by destination, through IPv4 options, IPv6 extension headers, VLAN tags
 // and fragments.
-#[test]
 fn ingress_attributes_frames_to_the_destination_owner() {
-    if !privileged() {
-        return;
-    }
     let t = Tc::new("tc-attr");
     for f in FAMILIES {
         let v = f.name;
@@ -498,11 +495,7 @@ impl Rng {
 
 // 4: truncated and malformed frames never crash the program and are never attributed when
 // their addresses are readable; frames without readable addresses concern no container.
-#[test]
 fn ingress_fails_closed_on_truncated_and_malformed_frames() {
-    if !privileged() {
-        return;
-    }
     let t = Tc::new("tc-trunc");
 
     // Every prefix of valid frames from a to the isolated b: flow openers b refuses, and
@@ -690,7 +683,7 @@ fn ingress_fails_closed_on_truncated_and_malformed_frames() {
             .entry(format!("{:?}", packet::parse(frame).kind))
             .or_insert(0) += 1;
         t.ingress(
-            &format!("planted garbage #{i} {}", bpf::to_hex(frame)),
+            &format!("planted garbage #{i} {}", to_hex(frame)),
             frame,
             verdict,
             want,
@@ -707,11 +700,7 @@ fn ingress_fails_closed_on_truncated_and_malformed_frames() {
 }
 
 // 5: the policy between containers at ingress, and its events (8).
-#[test]
 fn ingress_enforces_the_policy_between_containers() {
-    if !privileged() {
-        return;
-    }
     let t = Tc::new("tc-policy");
     // UDP sockets of b: one connected to a's port 7602, one only bound.
     let b = t.cgroup("b");
@@ -844,11 +833,7 @@ fn ingress_enforces_the_policy_between_containers() {
 }
 
 // 6: egress decided by the cgroup of the packet's socket, and its events (8).
-#[test]
 fn egress_is_judged_by_the_socket_cgroup_and_source() {
-    if !privileged() {
-        return;
-    }
     let t = Tc::new("tc-egress");
     let (a, host) = (&t.cgroup("a"), &t.w.host_cgroup());
     for f in FAMILIES {
@@ -947,11 +932,7 @@ fn egress_is_judged_by_the_socket_cgroup_and_source() {
 
 // 7: audit mode lets would-be drops through and counts them; `disable` passes everything
 // and counts nothing; `enable` restores enforcement.
-#[test]
 fn audit_mode_counts_and_disable_passes_everything() {
-    if !privileged() {
-        return;
-    }
     let t = Tc::new("tc-audit");
     let d =
         &t.w.container("d", &["192.0.2.30", "2001:db8::30"], &["--mode", "audit"]);
@@ -1055,3 +1036,11 @@ fn audit_mode_counts_and_disable_passes_everything() {
         one("a", "malformed_dropped"),
     );
 }
+
+netiso_testkit::privileged_tests![
+    ingress_attributes_frames_to_the_destination_owner,
+    ingress_fails_closed_on_truncated_and_malformed_frames,
+    ingress_enforces_the_policy_between_containers,
+    egress_is_judged_by_the_socket_cgroup_and_source,
+    audit_mode_counts_and_disable_passes_everything,
+];

@@ -1,7 +1,8 @@
-//! Events from the kernel's `EVENTS` ring buffer, kept in a bounded in-memory log that the API
-//! pages through by sequence number.
+//! Events flow one way: the kernel's `EVENTS` ring buffer -> [`read`] -> the bounded
+//! in-memory [`EventLog`] -> the API, which pages through it by sequence number and names
+//! containers as it answers.
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
@@ -15,7 +16,6 @@ use netiso_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use super::service::Service;
 use crate::api::EventInfo;
 
 /// How many events the agent keeps.
@@ -44,11 +44,13 @@ impl EventLog {
         self.last
     }
 
-    /// Events after `seq`, oldest first, named with `name_of(container id)`.
-    pub fn after(&self, seq: u64, name_of: impl Fn(u32) -> String) -> Vec<EventInfo> {
+    /// Events after `seq`, oldest first, with container names from `names` (by id).
+    pub fn after(&self, seq: u64, names: &BTreeMap<u32, String>) -> Vec<EventInfo> {
+        let name_of = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        // The log is in sequence order: skip to the first newer event.
+        let start = self.events.partition_point(|(s, _, _)| *s <= seq);
         self.events
-            .iter()
-            .filter(|(s, _, _)| *s > seq)
+            .range(start..)
             .map(|(s, ms, ev)| describe(*s, *ms, ev, &name_of))
             .collect()
     }
@@ -66,14 +68,8 @@ fn errno_name(e: u32) -> String {
 
 fn describe(seq: u64, time_ms: u64, ev: &Event, name_of: &impl Fn(u32) -> String) -> EventInfo {
     let ip = match ev.family {
-        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(ev.addr[0].to_ne_bytes()))),
-        AF_INET6 => {
-            let mut o = [0u8; 16];
-            for (i, w) in ev.addr.iter().enumerate() {
-                o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-            }
-            Some(IpAddr::V6(Ipv6Addr::from(o)))
-        }
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(ev.addr.held_v4()))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(ev.addr))),
         _ => None,
     };
     let address = ip.map(|ip| match (ip, ev.port) {
@@ -84,7 +80,7 @@ fn describe(seq: u64, time_ms: u64, ev: &Event, name_of: &impl Fn(u32) -> String
     EventInfo {
         seq,
         time_ms,
-        container: name_of(ev.container),
+        container: name_of(ev.container.0),
         what: counter::NAMES
             .get(ev.kind as usize)
             .copied()
@@ -96,8 +92,8 @@ fn describe(seq: u64, time_ms: u64, ev: &Event, name_of: &impl Fn(u32) -> String
     }
 }
 
-/// Moves events from the ring buffer into the service's log as they arrive.
-pub async fn read(rb: RingBuf<MapData>, service: Arc<Mutex<Service>>) -> std::io::Result<()> {
+/// Moves events from the ring buffer into `log` as they arrive.
+pub async fn read(rb: RingBuf<MapData>, log: Arc<Mutex<EventLog>>) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, which outlives every
     // use of it; nothing else closes it.
     let mut fd = unsafe { AsyncFd::register(rb) }.map_err(std::io::Error::from)?;
@@ -112,9 +108,9 @@ pub async fn read(rb: RingBuf<MapData>, service: Arc<Mutex<Service>>) -> std::io
             }
         }
         guard.clear_ready();
-        let mut s = service.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
         for ev in batch {
-            s.events.push(ev);
+            log.push(ev);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP API on the agent's Unix socket: JSON in and out, versioned under /v1.
+//! The HTTP face of the service: the router built from `api::routes`, JSON in and out, and
+//! the only place service errors become status codes.
 use std::{
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
@@ -6,53 +7,122 @@ use std::{
 
 use axum::{
     extract::{rejection::JsonRejection, Path, Query, State},
+    handler::Handler,
     http::StatusCode,
-    routing::{delete, get, post, put},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
     Json, Router,
 };
 
-use super::{service::Service, ApiError};
+use super::{
+    events::EventLog,
+    service::{Service, ServiceError},
+};
 use crate::api::{
-    AddContainer, AddIp, ContainerInfo, EventsPage, IfaceInfo, PolicyRule, SetMode, Status,
+    routes::{self, Method, Route},
+    AddContainer, AddIp, ContainerInfo, ErrorBody, EventsPage, IfaceInfo, PolicyRule, SetMode,
+    Status,
 };
 
-type Shared = Arc<Mutex<Service>>;
-type ApiResult<T> = Result<Json<T>, ApiError>;
-
-fn lock(s: &Shared) -> MutexGuard<'_, Service> {
-    // A panicking handler leaves consistent data (every change is committed at its end).
-    s.lock().unwrap_or_else(|p| p.into_inner())
+/// What the handlers share: the service, and the event log the reader fills.
+#[derive(Clone)]
+pub struct Shared {
+    pub service: Arc<Mutex<Service>>,
+    pub events: Arc<Mutex<EventLog>>,
 }
+
+impl Shared {
+    fn service(&self) -> MutexGuard<'_, Service> {
+        // A panicking handler leaves consistent data (every change is committed at its end).
+        self.service.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An error answer: a status code and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(m: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, m.into())
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let status = match e {
+            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Datapath(_) | ServiceError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(t)| t)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
 }
 
-pub fn router(service: Shared) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/enable", post(enable))
-        .route("/v1/disable", post(disable))
-        .route("/v1/containers", get(list).post(add))
-        .route("/v1/containers/{name}", get(show).delete(remove))
-        .route("/v1/containers/{name}/mode", put(set_mode))
-        .route("/v1/containers/{name}/ips", post(add_ip))
-        .route("/v1/containers/{name}/ips/{ip}", delete(remove_ip))
-        .route("/v1/policy", get(rules).post(set_rule))
-        .route("/v1/events", get(events))
-        .route("/v1/ifaces", get(ifaces))
-        .route("/v1/ifaces/{name}", put(add_iface).delete(remove_iface))
-        .fallback(|| async { ApiError::not_found("no such API path; see /v1/status") })
-        .with_state(service)
+fn filter(m: Method) -> MethodFilter {
+    match m {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
+    }
 }
 
-pub async fn serve(
+/// Adds `route` to the router, served by `handler`.
+fn serve<H, T>(router: Router<Shared>, route: Route, handler: H) -> Router<Shared>
+where
+    H: Handler<T, Shared>,
+    T: 'static,
+{
+    router.route(route.pattern, on(filter(route.method), handler))
+}
+
+pub fn router(shared: Shared) -> Router {
+    let mut r = Router::new();
+    r = serve(r, routes::STATUS, status);
+    r = serve(r, routes::ENABLE, enable);
+    r = serve(r, routes::DISABLE, disable);
+    r = serve(r, routes::LIST_CONTAINERS, list);
+    r = serve(r, routes::ADD_CONTAINER, add);
+    r = serve(r, routes::SHOW_CONTAINER, show);
+    r = serve(r, routes::REMOVE_CONTAINER, remove);
+    r = serve(r, routes::SET_MODE, set_mode);
+    r = serve(r, routes::ADD_IP, add_ip);
+    r = serve(r, routes::REMOVE_IP, remove_ip);
+    r = serve(r, routes::LIST_RULES, rules);
+    r = serve(r, routes::SET_RULE, set_rule);
+    r = serve(r, routes::EVENTS, events);
+    r = serve(r, routes::LIST_IFACES, ifaces);
+    r = serve(r, routes::ADD_IFACE, add_iface);
+    r = serve(r, routes::REMOVE_IFACE, remove_iface);
+    r.fallback(|| async {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "no such API path; see /v1/status".into(),
+        )
+    })
+    .with_state(shared)
+}
+
+pub async fn serve_on(
     listener: std::os::unix::net::UnixListener,
-    service: Shared,
+    shared: Shared,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    axum::serve(listener, router(service))
+    axum::serve(listener, router(shared))
         .with_graceful_shutdown(async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -72,11 +142,16 @@ struct After {
 }
 
 async fn events(State(s): State<Shared>, Query(q): Query<After>) -> Json<EventsPage> {
-    Json(lock(&s).events_after(q.after))
+    let names = s.service().names();
+    let log = s.events.lock().unwrap_or_else(|p| p.into_inner());
+    Json(EventsPage {
+        events: log.after(q.after, &names),
+        last: log.last(),
+    })
 }
 
 async fn rules(State(s): State<Shared>) -> Json<Vec<PolicyRule>> {
-    Json(lock(&s).rules())
+    Json(s.service().rules())
 }
 
 async fn set_rule(
@@ -84,23 +159,23 @@ async fn set_rule(
     b: Result<Json<PolicyRule>, JsonRejection>,
 ) -> ApiResult<Vec<PolicyRule>> {
     let req = body(b)?;
-    lock(&s).set_rule(req).map(Json)
+    Ok(Json(s.service().set_rule(req)?))
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {
-    Json(lock(&s).status())
+    Json(s.service().status())
 }
 
 async fn enable(State(s): State<Shared>) -> ApiResult<Status> {
-    lock(&s).set_enabled(true).map(Json)
+    Ok(Json(s.service().set_enabled(true)?))
 }
 
 async fn disable(State(s): State<Shared>) -> ApiResult<Status> {
-    lock(&s).set_enabled(false).map(Json)
+    Ok(Json(s.service().set_enabled(false)?))
 }
 
 async fn list(State(s): State<Shared>) -> ApiResult<Vec<ContainerInfo>> {
-    lock(&s).list().map(Json)
+    Ok(Json(s.service().list()?))
 }
 
 async fn add(
@@ -108,15 +183,17 @@ async fn add(
     b: Result<Json<AddContainer>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ContainerInfo>), ApiError> {
     let req = body(b)?;
-    lock(&s).add(req).map(|c| (StatusCode::CREATED, Json(c)))
+    let c = s.service().add(req)?;
+    Ok((StatusCode::CREATED, Json(c)))
 }
 
 async fn show(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<ContainerInfo> {
-    lock(&s).show(&name).map(Json)
+    Ok(Json(s.service().show(&name)?))
 }
 
 async fn remove(State(s): State<Shared>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    lock(&s).remove(&name).map(|()| StatusCode::NO_CONTENT)
+    s.service().remove(&name)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_mode(
@@ -125,7 +202,7 @@ async fn set_mode(
     b: Result<Json<SetMode>, JsonRejection>,
 ) -> ApiResult<ContainerInfo> {
     let req = body(b)?;
-    lock(&s).set_mode(&name, req.mode).map(Json)
+    Ok(Json(s.service().set_mode(&name, req.mode)?))
 }
 
 async fn add_ip(
@@ -134,7 +211,7 @@ async fn add_ip(
     b: Result<Json<AddIp>, JsonRejection>,
 ) -> ApiResult<ContainerInfo> {
     let req = body(b)?;
-    lock(&s).add_ip(&name, req.ip).map(Json)
+    Ok(Json(s.service().add_ip(&name, req.ip)?))
 }
 
 async fn remove_ip(
@@ -144,22 +221,21 @@ async fn remove_ip(
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{ip:?} is not an IP address")))?;
-    lock(&s).remove_ip(&name, ip).map(Json)
+    Ok(Json(s.service().remove_ip(&name, ip)?))
 }
 
 async fn ifaces(State(s): State<Shared>) -> Json<Vec<IfaceInfo>> {
-    Json(lock(&s).ifaces())
+    Json(s.service().ifaces())
 }
 
 async fn add_iface(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<IfaceInfo> {
-    lock(&s).add_iface(&name).map(Json)
+    Ok(Json(s.service().add_iface(&name)?))
 }
 
 async fn remove_iface(
     State(s): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    lock(&s)
-        .remove_iface(&name)
-        .map(|()| StatusCode::NO_CONTENT)
+    s.service().remove_iface(&name)?;
+    Ok(StatusCode::NO_CONTENT)
 }

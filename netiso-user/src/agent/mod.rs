@@ -11,12 +11,10 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use axum::{http::StatusCode, response::IntoResponse, Json};
 use log::{info, warn};
 use serde::Deserialize;
 
 use crate::{
-    api::ErrorBody,
     cgroup,
     datapath::Datapath,
     state::{State, STATE_FILE},
@@ -60,52 +58,6 @@ impl ConfigFile {
     }
 }
 
-/// An API error: status code plus a message for the JSON body.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: m.into(),
-        }
-    }
-    pub fn not_found(m: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            message: m.into(),
-        }
-    }
-    pub fn conflict(m: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::CONFLICT,
-            message: m.into(),
-        }
-    }
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> axum::response::Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
-}
-
 fn resolve_root(opts: &AgentOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
     let mount = cgroup::mount_point()?;
     let root = match &opts.cgroup_root {
@@ -126,6 +78,14 @@ fn resolve_root(opts: &AgentOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
 /// Runs the agent in the foreground until SIGINT or SIGTERM. Pins stay behind on exit, so
 /// enforcement continues; the next agent adopts them.
 pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let failpoints = crate::failpoint::configured();
+    if !failpoints.is_empty() {
+        warn!(
+            "{} is set: these steps will fail on purpose (a testing aid): {}",
+            crate::failpoint::ENV,
+            failpoints.join(", ")
+        );
+    }
     let (mount, root) = resolve_root(&opts)?;
     let state = State::load(&opts.state_dir)?;
     if let Some(prev) = &state.cgroup_root {
@@ -168,20 +128,23 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let shared = Arc::new(Mutex::new(service));
+    let shared = http::Shared {
+        service: Arc::new(Mutex::new(service)),
+        events: Arc::default(),
+    };
     let result = rt.block_on(async {
         match ring {
             Some(rb) => {
-                let s = shared.clone();
+                let log = shared.events.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = events::read(rb, s).await {
+                    if let Err(e) = events::read(rb, log).await {
                         warn!("event reader stopped: {e}");
                     }
                 });
             }
             None => warn!("no EVENTS ring buffer: `netiso events` will stay empty"),
         }
-        http::serve(listener, shared).await
+        http::serve_on(listener, shared).await
     });
     let _ = fs::remove_file(&opts.socket);
     info!("agent stopped; the pinned programs keep enforcing");

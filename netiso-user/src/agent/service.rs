@@ -1,41 +1,82 @@
-//! The agent's domain logic: validates requests, changes the datapath, then persists the
-//! state. A request that fails changes nothing: the datapath is rolled back when the state
-//! cannot be saved.
+//! The agent's domain logic: validates requests and keeps the state file and the kernel in
+//! step. Every change follows one rule: the state (the intent) is saved first, then the
+//! kernel follows; when the kernel refuses, both are put back as they were. A request that
+//! fails therefore changes nothing, and the answer, the state and the kernel always agree.
+mod containers;
+
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
-use log::{info, warn};
+use log::{error, info, warn};
+use netiso_common::ContainerId;
+use thiserror::Error;
 
-use super::ApiError;
 use crate::{
-    api::{
-        AddContainer, ContainerInfo, IfaceInfo, IfaceState, Mode, PolicyAction, PolicyRule, Status,
-    },
+    api::{IfaceInfo, IfaceState, Mode, PolicyAction, PolicyRule, Status},
     cgroup,
-    datapath::{Datapath, IfaceStatus, PROGRAMS},
-    state::{ContainerSpec, Rule, State},
+    datapath::{Datapath, DatapathError, Entry, IfaceStatus, PROGRAMS},
+    state::{ContainerSpec, State, StateError},
 };
 
+/// Why the service refused a request. Only the HTTP layer turns these into status codes.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The request is malformed or names something impossible.
+    #[error("{0}")]
+    Invalid(String),
+    /// It names a container, address or interface that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It clashes with what exists (a name or address in use, overlapping cgroups).
+    #[error("{0}")]
+    Conflict(String),
+    /// The kernel refused a change; nothing was changed.
+    #[error("{0}; nothing was changed")]
+    Datapath(#[from] DatapathError),
+    /// The state could not be saved; nothing was changed.
+    #[error("{0}; nothing was changed")]
+    State(#[from] StateError),
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// What the datapath needs of a registered container.
+pub fn entry(spec: &ContainerSpec) -> Entry {
+    Entry {
+        id: ContainerId(spec.id),
+        cgroup_id: spec.cgroup_id,
+        cgroup_level: spec.cgroup_level,
+        ips: spec.ips.clone(),
+        audit: spec.mode == Mode::Audit,
+        allow_raw: spec.allow_raw,
+        isolated: spec.isolated,
+    }
+}
+
 /// The rules of `state` by container id, as the kernel holds them.
-fn rule_ids(state: &State) -> Vec<(u32, u32, bool)> {
+fn rule_ids(state: &State) -> Vec<(ContainerId, ContainerId, bool)> {
     state
         .rules
         .iter()
         .filter_map(|r| {
             let f = state.containers.get(&r.from)?.id;
             let t = state.containers.get(&r.to)?.id;
-            Some((f, t, r.allow))
+            Some((ContainerId(f), ContainerId(t), r.allow))
         })
         .collect()
 }
 
+/// Makes the kernel hold exactly what `state` says (containers, levels, rules, switch).
+fn apply_all(dp: &mut Datapath, state: &State) -> std::result::Result<(), DatapathError> {
+    let entries: Vec<Entry> = state.containers.values().map(entry).collect();
+    dp.reconcile(&entries)?;
+    dp.reconcile_rules(&rule_ids(state))?;
+    dp.set_enabled(state.enabled)
+}
+
 pub struct Service {
-    /// Refused, audited and dropped operations reported by the kernel.
-    pub events: super::events::EventLog,
     datapath: Datapath,
     state: State,
     state_dir: PathBuf,
@@ -56,7 +97,7 @@ impl Service {
         root: PathBuf,
         ifaces: &[String],
     ) -> anyhow::Result<Service> {
-        for (name, spec) in state.containers.iter_mut() {
+        for (name, spec) in &mut state.containers {
             match cgroup::resolve(&mount, &root, &spec.cgroup) {
                 Ok(cg) if cg.id != spec.cgroup_id => {
                     warn!(
@@ -70,19 +111,17 @@ impl Service {
                 Err(e) => warn!("container {name}: {e}; keeping its registration"),
             }
         }
-        datapath.reconcile(state.containers.values())?;
-        datapath.reconcile_rules(&rule_ids(&state))?;
-        datapath.set_enabled(state.enabled)?;
+        apply_all(&mut datapath, &state)?;
         for name in &state.ifaces {
             if let Err(e) = datapath.attach_iface(name) {
                 warn!("{e}; it stays configured, `netiso iface add {name}` retries");
             }
         }
         for name in ifaces {
-            validate_iface(name).map_err(|e| anyhow::anyhow!(e.message))?;
+            crate::api::validate_iface(name).map_err(anyhow::Error::msg)?;
             datapath
                 .attach_iface(name)
-                .with_context(|| format!("--iface {name}"))?;
+                .map_err(|e| anyhow::anyhow!("--iface {name}: {e}"))?;
             if !state.ifaces.contains(name) {
                 state.ifaces.push(name.clone());
             }
@@ -97,13 +136,34 @@ impl Service {
             if state.enabled { "enabled" } else { "disabled" }
         );
         Ok(Service {
-            events: Default::default(),
             datapath,
             state,
             state_dir,
             mount,
             root,
         })
+    }
+
+    /// The one way state changes: saves `next`, then lets `apply` bring the kernel in line.
+    /// If saving fails, nothing happened. If the kernel refuses, the kernel is reconciled
+    /// back to the current state and the current state is saved again.
+    fn change(
+        &mut self,
+        next: State,
+        apply: impl FnOnce(&mut Datapath) -> std::result::Result<(), DatapathError>,
+    ) -> Result<()> {
+        next.save(&self.state_dir)?;
+        if let Err(e) = apply(&mut self.datapath) {
+            if let Err(u) = apply_all(&mut self.datapath, &self.state) {
+                error!("restoring the datapath after a failed change failed: {u}");
+            }
+            if let Err(u) = self.state.save(&self.state_dir) {
+                error!("restoring the state after a failed change failed: {u}");
+            }
+            return Err(e.into());
+        }
+        self.state = next;
+        Ok(())
     }
 
     pub fn status(&self) -> Status {
@@ -114,9 +174,34 @@ impl Service {
             bpffs: self.datapath.bpffs().to_owned(),
             state_dir: self.state_dir.clone(),
             containers: self.state.containers.len(),
-            programs: PROGRAMS.iter().map(|(p, _)| p.to_string()).collect(),
+            programs: PROGRAMS.iter().map(|(p, _)| (*p).to_owned()).collect(),
             ifaces: self.state.ifaces.clone(),
         }
+    }
+
+    pub fn set_enabled(&mut self, enabled: bool) -> Result<Status> {
+        let mut next = self.state.clone();
+        next.enabled = enabled;
+        self.change(next, |dp| dp.set_enabled(enabled))?;
+        info!("netiso {}", if enabled { "enabled" } else { "disabled" });
+        Ok(self.status())
+    }
+
+    /// Container names by id, for naming events.
+    pub fn names(&self) -> BTreeMap<u32, String> {
+        self.state
+            .containers
+            .iter()
+            .map(|(n, s)| (s.id, n.clone()))
+            .collect()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.datapath.take_events()
     }
 
     pub fn ifaces(&self) -> Vec<IfaceInfo> {
@@ -137,306 +222,67 @@ impl Service {
     }
 
     /// Attaches the TC programs to an interface (again: also repairs a re-created one).
-    pub fn add_iface(&mut self, name: &str) -> Result<IfaceInfo, ApiError> {
-        validate_iface(name)?;
+    /// Attaching only tightens, so the kernel goes first; the state follows, and a state that
+    /// cannot be saved detaches again.
+    pub fn add_iface(&mut self, name: &str) -> Result<IfaceInfo> {
+        crate::api::validate_iface(name).map_err(ServiceError::Invalid)?;
         self.datapath.attach_iface(name).map_err(|e| match e {
-            crate::datapath::DatapathError::NoIface { .. }
-            | crate::datapath::DatapathError::NotEthernet { .. } => {
-                ApiError::bad_request(e.to_string())
+            DatapathError::NoIface { .. } | DatapathError::NotEthernet { .. } => {
+                ServiceError::Invalid(e.to_string())
             }
-            e => ApiError::internal(e),
+            e => e.into(),
         })?;
         if !self.state.ifaces.iter().any(|n| n == name) {
             let mut next = self.state.clone();
             next.ifaces.push(name.to_owned());
             next.ifaces.sort();
-            let undo = name.to_owned();
-            self.commit(next, move |dp, _| Ok(dp.detach_iface(&undo)?))?;
+            if let Err(e) = next.save(&self.state_dir) {
+                if let Err(d) = self.datapath.detach_iface(name) {
+                    error!("detaching {name} after a failed save failed: {d}");
+                }
+                return Err(e.into());
+            }
+            self.state = next;
             info!("interface {name}: TC programs attached");
         }
         Ok(self.iface(name))
     }
 
-    pub fn remove_iface(&mut self, name: &str) -> Result<(), ApiError> {
-        validate_iface(name)?;
+    pub fn remove_iface(&mut self, name: &str) -> Result<()> {
+        crate::api::validate_iface(name).map_err(ServiceError::Invalid)?;
         if !self.state.ifaces.iter().any(|n| n == name) {
-            return Err(ApiError::not_found(format!(
+            return Err(ServiceError::NotFound(format!(
                 "interface {name:?} is not configured (see `netiso iface ls`)"
             )));
         }
         let mut next = self.state.clone();
         next.ifaces.retain(|n| n != name);
-        // State first: if saving fails nothing changed; if detaching then fails, the next
-        // agent start prunes the leftover links.
-        self.commit(next, |_, _| Ok(()))?;
-        self.datapath
-            .detach_iface(name)
-            .map_err(ApiError::internal)?;
+        let iface = name.to_owned();
+        self.change(next, move |dp| dp.detach_iface(&iface))?;
         info!("interface {name}: TC programs detached");
         Ok(())
     }
 
-    /// Persists `next`; on failure the datapath is restored to `self.state` by `undo`.
-    fn commit(
-        &mut self,
-        next: State,
-        undo: impl FnOnce(&mut Datapath, &State) -> anyhow::Result<()>,
-    ) -> Result<(), ApiError> {
-        if let Err(e) = next.save(&self.state_dir) {
-            if let Err(u) = undo(&mut self.datapath, &self.state) {
-                warn!("rolling back the datapath failed: {u:#}");
-            }
-            return Err(ApiError::internal(format!("{e}; nothing was changed")));
-        }
-        self.state = next;
-        Ok(())
-    }
-
-    pub fn set_enabled(&mut self, enabled: bool) -> Result<Status, ApiError> {
-        self.datapath
-            .set_enabled(enabled)
-            .map_err(ApiError::internal)?;
-        let mut next = self.state.clone();
-        next.enabled = enabled;
-        self.commit(next, |dp, old| Ok(dp.set_enabled(old.enabled)?))?;
-        info!("netiso {}", if enabled { "enabled" } else { "disabled" });
-        Ok(self.status())
-    }
-
-    pub fn list(&mut self) -> Result<Vec<ContainerInfo>, ApiError> {
-        let names: Vec<String> = self.state.containers.keys().cloned().collect();
-        names.iter().map(|n| self.show(n)).collect()
-    }
-
-    pub fn show(&mut self, name: &str) -> Result<ContainerInfo, ApiError> {
-        let spec = self.spec(name)?.clone();
-        let counters: BTreeMap<String, u64> = self
-            .datapath
-            .counters(spec.id)
-            .map_err(ApiError::internal)?
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        Ok(ContainerInfo {
-            name: name.to_owned(),
-            id: spec.id,
-            cgroup_present: cgroup::resolve(&self.mount, &self.root, &spec.cgroup)
-                .map(|c| c.id == spec.cgroup_id)
-                .unwrap_or(false),
-            cgroup: spec.cgroup,
-            cgroup_id: spec.cgroup_id,
-            ips: spec.ips,
-            loopback: IpAddr::V4(std::net::Ipv4Addr::from(
-                netiso_common::policy::loopback_for(spec.id).to_ne_bytes(),
-            )),
-            mode: spec.mode,
-            allow_raw: spec.allow_raw,
-            isolated: spec.isolated,
-            counters,
-        })
-    }
-
-    fn spec(&self, name: &str) -> Result<&ContainerSpec, ApiError> {
-        self.state
-            .containers
-            .get(name)
-            .ok_or_else(|| ApiError::not_found(format!("no container named {name:?}")))
-    }
-
-    fn check_ip_free(&self, ip: &IpAddr, except: Option<&str>) -> Result<(), ApiError> {
-        validate_ip(ip)?;
-        match self.state.owner_of(ip) {
-            Some(owner) if Some(owner) != except => Err(ApiError::conflict(format!(
-                "address {ip} is already owned by container {owner:?}"
-            ))),
-            Some(owner) => Err(ApiError::conflict(format!(
-                "container {owner:?} already owns {ip}"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    pub fn add(&mut self, req: AddContainer) -> Result<ContainerInfo, ApiError> {
-        validate_name(&req.name)?;
-        if self.state.containers.contains_key(&req.name) {
-            return Err(ApiError::conflict(format!(
-                "a container named {:?} already exists",
-                req.name
-            )));
-        }
-        if req.ips.is_empty() {
-            return Err(ApiError::bad_request(
-                "a container needs at least one address (--ip)",
-            ));
-        }
-        for (i, ip) in req.ips.iter().enumerate() {
-            if req.ips[..i].contains(ip) {
-                return Err(ApiError::bad_request(format!(
-                    "address {ip} is given twice"
-                )));
-            }
-            self.check_ip_free(ip, None)?;
-        }
-        let cg = cgroup::resolve(&self.mount, &self.root, &req.cgroup)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if cg.path == self.root {
-            return Err(ApiError::bad_request(format!(
-                "{} is the cgroup root itself; register a cgroup below it",
-                cg.path.display()
-            )));
-        }
-        for (other, spec) in &self.state.containers {
-            if cg.path.starts_with(&spec.cgroup) || spec.cgroup.starts_with(&cg.path) {
-                return Err(ApiError::conflict(format!(
-                    "cgroup {} overlaps container {other:?} ({}); containers cannot nest",
-                    cg.path.display(),
-                    spec.cgroup.display()
-                )));
-            }
-        }
-        let spec = ContainerSpec {
-            id: self.state.next_id,
-            cgroup: cg.path,
-            cgroup_id: cg.id,
-            cgroup_level: cg.level,
-            ips: req.ips,
-            mode: req.mode,
-            allow_raw: req.allow_raw,
-            isolated: req.isolated,
-        };
-        let mut next = self.state.clone();
-        next.next_id += 1;
-        next.containers.insert(req.name.clone(), spec.clone());
-        let undo_spec = spec.clone();
-        let apply = |dp: &mut Datapath| -> anyhow::Result<()> {
-            dp.set_levels(next.containers.values())?;
-            dp.register(&spec)?;
-            Ok(())
-        };
-        if let Err(e) = apply(&mut self.datapath) {
-            let _ = self.datapath.unregister(&spec);
-            return Err(ApiError::internal(format!("{e:#}")));
-        }
-        self.commit(next, move |dp, old| {
-            dp.unregister(&undo_spec)?;
-            Ok(dp.set_levels(old.containers.values())?)
-        })?;
-        info!(
-            "registered container {} ({})",
-            req.name,
-            spec.cgroup.display()
-        );
-        self.show(&req.name)
-    }
-
-    pub fn remove(&mut self, name: &str) -> Result<(), ApiError> {
-        let spec = self.spec(name)?.clone();
-        self.datapath
-            .unregister(&spec)
-            .map_err(ApiError::internal)?;
-        let mut next = self.state.clone();
-        next.containers.remove(name);
-        // Rules naming the container go with it.
-        next.rules.retain(|r| r.from != name && r.to != name);
-        self.datapath
-            .set_levels(next.containers.values())
-            .map_err(ApiError::internal)?;
-        self.datapath
-            .reconcile_rules(&rule_ids(&next))
-            .map_err(ApiError::internal)?;
-        let undo = spec.clone();
-        self.commit(next, move |dp, old| {
-            dp.set_levels(old.containers.values())?;
-            dp.register(&undo)?;
-            Ok(dp.reconcile_rules(&rule_ids(old))?)
-        })?;
-        info!("unregistered container {name}");
-        Ok(())
-    }
-
-    /// Applies a changed spec (mode or addresses) to the datapath and the state.
-    fn update(
-        &mut self,
-        name: &str,
-        new: ContainerSpec,
-        revoked: Option<IpAddr>,
-    ) -> Result<ContainerInfo, ApiError> {
-        let old = self.spec(name)?.clone();
-        self.datapath.register(&new).map_err(ApiError::internal)?;
-        if let Some(ip) = revoked {
-            self.datapath.revoke(ip).map_err(ApiError::internal)?;
-        }
-        let mut next = self.state.clone();
-        next.containers.insert(name.to_owned(), new.clone());
-        let added: Vec<IpAddr> = new
-            .ips
-            .iter()
-            .filter(|ip| !old.ips.contains(ip))
-            .copied()
-            .collect();
-        self.commit(next, move |dp, _| {
-            for ip in added {
-                dp.revoke(ip)?;
-            }
-            Ok(dp.register(&old)?)
-        })?;
-        self.show(name)
-    }
-
-    pub fn set_mode(&mut self, name: &str, mode: Mode) -> Result<ContainerInfo, ApiError> {
-        let mut spec = self.spec(name)?.clone();
-        spec.mode = mode;
-        info!("container {name}: mode {mode}");
-        self.update(name, spec, None)
-    }
-
-    pub fn add_ip(&mut self, name: &str, ip: IpAddr) -> Result<ContainerInfo, ApiError> {
-        let mut spec = self.spec(name)?.clone();
-        self.check_ip_free(&ip, Some(name))?;
-        spec.ips.push(ip);
-        info!("container {name}: granted {ip}");
-        self.update(name, spec, None)
-    }
-
-    pub fn remove_ip(&mut self, name: &str, ip: IpAddr) -> Result<ContainerInfo, ApiError> {
-        let mut spec = self.spec(name)?.clone();
-        if !spec.ips.contains(&ip) {
-            return Err(ApiError::not_found(format!(
-                "container {name:?} does not own {ip}"
-            )));
-        }
-        if spec.ips.len() == 1 {
-            return Err(ApiError::conflict(format!(
-                "{ip} is the last address of container {name:?}; remove the container instead"
-            )));
-        }
-        spec.ips.retain(|a| *a != ip);
-        info!("container {name}: revoked {ip}");
-        self.update(name, spec, Some(ip))
-    }
-
     /// Sets the rule for container `from` reaching container `to`.
-    pub fn set_rule(&mut self, req: PolicyRule) -> Result<Vec<PolicyRule>, ApiError> {
+    pub fn set_rule(&mut self, req: PolicyRule) -> Result<Vec<PolicyRule>> {
         let from = self.spec(&req.from)?.id;
         let to = self.spec(&req.to)?.id;
         if from == to {
-            return Err(ApiError::bad_request(
-                "a container always reaches itself; name two containers",
+            return Err(ServiceError::Invalid(
+                "a container always reaches itself; name two containers".into(),
             ));
         }
         let allow = req.action == PolicyAction::Allow;
-        self.datapath
-            .set_rule(from, to, Some(allow))
-            .map_err(ApiError::internal)?;
         let mut next = self.state.clone();
         next.rules
             .retain(|r| !(r.from == req.from && r.to == req.to));
-        next.rules.push(Rule {
+        next.rules.push(crate::state::Rule {
             from: req.from.clone(),
             to: req.to.clone(),
             allow,
         });
-        self.commit(next, |dp, old| Ok(dp.reconcile_rules(&rule_ids(old))?))?;
+        let (f, t) = (ContainerId(from), ContainerId(to));
+        self.change(next, |dp| dp.set_rule(f, t, Some(allow)))?;
         info!(
             "policy: {} {} -> {}",
             if allow { "allow" } else { "deny" },
@@ -462,97 +308,10 @@ impl Service {
             .collect()
     }
 
-    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
-        self.datapath.take_events()
-    }
-
-    /// Events after sequence number `after`, named by container.
-    pub fn events_after(&self, after: u64) -> crate::api::EventsPage {
-        let names: BTreeMap<u32, &String> = self
-            .state
+    fn spec(&self, name: &str) -> Result<&ContainerSpec> {
+        self.state
             .containers
-            .iter()
-            .map(|(n, s)| (s.id, n))
-            .collect();
-        let events = self.events.after(after, |id| {
-            names
-                .get(&id)
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| format!("#{id}"))
-        });
-        crate::api::EventsPage {
-            events,
-            last: self.events.last(),
-        }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-}
-
-fn validate_name(name: &str) -> Result<(), ApiError> {
-    crate::api::validate_name(name).map_err(ApiError::bad_request)
-}
-
-fn validate_iface(name: &str) -> Result<(), ApiError> {
-    crate::api::validate_iface(name).map_err(ApiError::bad_request)
-}
-
-/// Addresses a container can own: unicast, not loopback (containers get a private one), not
-/// v4-mapped (give the IPv4 form).
-pub fn validate_ip(ip: &IpAddr) -> Result<(), ApiError> {
-    let why = match ip {
-        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V4(a) if a.is_loopback() => {
-            Some("a loopback address (each container gets a private 127.x loopback)")
-        }
-        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
-        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
-        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
-            Some("a v4-mapped address (give the IPv4 form)")
-        }
-        _ => None,
-    };
-    match why {
-        Some(w) => Err(ApiError::bad_request(format!(
-            "{ip} cannot be owned by a container: it is {w}"
-        ))),
-        None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(validate_name("web-1.a_b").is_ok());
-        for bad in ["", ".hidden", "a/b", "x y", &"n".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn only_unicast_addresses_can_be_owned() {
-        for ok in ["192.0.2.1", "2001:db8::1"] {
-            assert!(validate_ip(&ok.parse().unwrap()).is_ok(), "{ok}");
-        }
-        for bad in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::",
-            "::1",
-            "ff02::1",
-            "::ffff:192.0.2.1",
-        ] {
-            assert!(validate_ip(&bad.parse().unwrap()).is_err(), "{bad}");
-        }
+            .get(name)
+            .ok_or_else(|| ServiceError::NotFound(format!("no container named {name:?}")))
     }
 }

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 
 use super::{output, CmdResult, ContainerCmd, IpCmd};
 use crate::{
-    api::{AddContainer, AddIp, ContainerInfo, SetMode},
+    api::{AddContainer, ContainerInfo},
     client::Client,
 };
 
@@ -96,10 +96,6 @@ fn print_list(list: &[ContainerInfo], json: bool) {
     );
 }
 
-fn path(name: &str) -> String {
-    format!("/v1/containers/{name}")
-}
-
 pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
     match cmd {
         ContainerCmd::Add(a) => {
@@ -112,11 +108,11 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
                 allow_raw: a.policy.allow_raw,
                 isolated: a.policy.isolated,
             };
-            let c: ContainerInfo = client.post("/v1/containers", &req)?;
+            let c = client.add_container(&req)?;
             print_one(&c, json);
         }
         ContainerCmd::Rm { name } => {
-            client.delete(&path(name))?;
+            client.remove_container(name)?;
             if json {
                 output::json(&serde_json::json!({ "removed": name }));
             } else {
@@ -124,26 +120,23 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
             }
         }
         ContainerCmd::Ls => {
-            let list: Vec<ContainerInfo> = client.get("/v1/containers")?;
+            let list = client.containers()?;
             print_list(&list, json);
         }
         ContainerCmd::Show { name } => {
-            let c: ContainerInfo = client.get(&path(name))?;
+            let c = client.container(name)?;
             print_one(&c, json);
         }
         ContainerCmd::Mode { name, mode } => {
-            let c: ContainerInfo =
-                client.put(&format!("{}/mode", path(name)), &SetMode { mode: *mode })?;
+            let c = client.set_mode(name, *mode)?;
             print_one(&c, json);
         }
         ContainerCmd::Ip(IpCmd::Add { name, addr }) => {
-            let c: ContainerInfo =
-                client.post(&format!("{}/ips", path(name)), &AddIp { ip: *addr })?;
+            let c = client.add_ip(name, *addr)?;
             print_one(&c, json);
         }
         ContainerCmd::Ip(IpCmd::Rm { name, addr }) => {
-            let c: ContainerInfo =
-                client.delete_returning(&format!("{}/ips/{addr}", path(name)))?;
+            let c = client.remove_ip(name, *addr)?;
             print_one(&c, json);
         }
     }

@@ -29,7 +29,7 @@ pub fn run(client: &Client, json: bool, follow: bool) -> CmdResult {
         println!("TIME (UTC)    CONTAINER        WHAT               ERRNO          ADDRESS");
     }
     loop {
-        let page: EventsPage = client.get(&format!("/v1/events?after={after}"))?;
+        let page: EventsPage = client.events(after)?;
         for e in &page.events {
             if json {
                 println!("{}", serde_json::to_string(e).expect("serializable"));

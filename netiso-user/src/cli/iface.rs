@@ -43,12 +43,12 @@ fn print(ifaces: &[IfaceInfo], json: bool) {
 pub fn run(client: &Client, json: bool, cmd: &IfaceCmd) -> CmdResult {
     match cmd {
         IfaceCmd::Add { iface } => {
-            let info: IfaceInfo = client.put(&format!("/v1/ifaces/{iface}"), &())?;
+            let info = client.add_iface(iface)?;
             print(&[info], json);
         }
-        IfaceCmd::Rm { iface } => client.delete(&format!("/v1/ifaces/{iface}"))?,
+        IfaceCmd::Rm { iface } => client.remove_iface(iface)?,
         IfaceCmd::Ls => {
-            let ifaces: Vec<IfaceInfo> = client.get("/v1/ifaces")?;
+            let ifaces = client.ifaces()?;
             print(&ifaces, json);
         }
     }

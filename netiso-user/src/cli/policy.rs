@@ -57,9 +57,9 @@ pub fn run(client: &Client, json: bool, cmd: &PolicyCmd) -> CmdResult {
                 to: to.clone(),
                 action,
             };
-            client.post("/v1/policy", &rule)?
+            client.set_rule(&rule)?
         }
-        PolicyCmd::Ls => client.get("/v1/policy")?,
+        PolicyCmd::Ls => client.rules()?,
     };
     print(&rules, json);
     Ok(0)

@@ -14,12 +14,7 @@ use log::warn;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use super::{CmdResult, Failure, PolicyArgs};
-use crate::{
-    agent::RUN_CGROUP_DIR,
-    api::{AddContainer, ContainerInfo, Status},
-    cgroup,
-    client::Client,
-};
+use crate::{agent::RUN_CGROUP_DIR, api::AddContainer, cgroup, client::Client};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -35,7 +30,7 @@ pub struct RunArgs {
 
 pub fn run(client: &Client, args: &RunArgs) -> CmdResult {
     args.policy.check()?;
-    let status: Status = client.get("/v1/status")?;
+    let status = client.status()?;
     let dir = status.cgroup_root.join(RUN_CGROUP_DIR);
     let cg = dir.join(&args.name);
     if cg.exists() {
@@ -54,7 +49,7 @@ pub fn run(client: &Client, args: &RunArgs) -> CmdResult {
         allow_raw: args.policy.allow_raw,
         isolated: args.policy.isolated,
     };
-    if let Err(e) = client.post::<_, ContainerInfo>("/v1/containers", &req) {
+    if let Err(e) = client.add_container(&req) {
         let _ = cgroup::remove_tree(&cg);
         return Err(e.into());
     }
@@ -65,7 +60,7 @@ pub fn run(client: &Client, args: &RunArgs) -> CmdResult {
     if let Err(e) = cgroup::kill_all(&cg, Duration::from_secs(10)) {
         problems.push(e.to_string());
     }
-    if let Err(e) = client.delete(&format!("/v1/containers/{}", args.name)) {
+    if let Err(e) = client.remove_container(&args.name) {
         problems.push(format!("unregistering {}: {e}", args.name));
     }
     if let Err(e) = cgroup::remove_tree(&cg) {

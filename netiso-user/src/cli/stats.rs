@@ -5,7 +5,7 @@ use super::{output, CmdResult};
 use crate::{api::ContainerInfo, client::Client};
 
 pub fn run(client: &Client, json: bool) -> CmdResult {
-    let list: Vec<ContainerInfo> = client.get("/v1/containers")?;
+    let list: Vec<ContainerInfo> = client.containers()?;
     if json {
         let stats: Vec<_> = list
             .iter()

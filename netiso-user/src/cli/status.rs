@@ -33,14 +33,13 @@ fn print(s: &Status, json: bool) {
 }
 
 pub fn status(client: &Client, json: bool) -> CmdResult {
-    let s: Status = client.get("/v1/status")?;
+    let s = client.status()?;
     print(&s, json);
     Ok(0)
 }
 
 pub fn toggle(client: &Client, json: bool, enable: bool) -> CmdResult {
-    let path = if enable { "/v1/enable" } else { "/v1/disable" };
-    let s: Status = client.post(path, &())?;
+    let s = client.set_enabled(enable)?;
     print(&s, json);
     Ok(0)
 }

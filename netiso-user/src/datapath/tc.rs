@@ -1,6 +1,6 @@
 //! The per-interface TC programs: TCX links on the interfaces the agent is told to watch,
-//! pinned under `links/` like the cgroup links, so they outlive the agent and a new agent
-//! swaps them to its programs with BPF_LINK_UPDATE.
+//! attached and pinned with aya under `links/` like the cgroup links, so they outlive the
+//! agent; a new agent swaps them to its programs (aya's `attach_to_link`).
 use std::{
     fs, io,
     os::fd::AsFd,
@@ -8,18 +8,22 @@ use std::{
 };
 
 use aya::{
-    programs::{Program, ProgramError},
+    programs::{
+        links::{FdLink, LinkError, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        ProgramError, SchedClassifier, TcAttachType,
+    },
     Ebpf,
 };
 use log::{info, warn};
 
-use super::{io_err, Datapath, DatapathError};
+use super::{io_err, link_err, pin_program, program_err, raw_bpf, Datapath, DatapathError};
 use crate::sys;
 
-/// The TC programs: ELF name, the pin name's direction, kernel attach type.
-pub const TC_PROGRAMS: [(&str, &str, u32); 2] = [
-    ("tc_ingress", "ingress", 46), // BPF_TCX_INGRESS
-    ("tc_egress", "egress", 47),   // BPF_TCX_EGRESS
+/// The TC programs: ELF name, the pin name's direction, the attach point.
+pub const TC_PROGRAMS: [(&str, &str, TcAttachType); 2] = [
+    ("tc_ingress", "ingress", TcAttachType::Ingress),
+    ("tc_egress", "egress", TcAttachType::Egress),
 ];
 
 /// Pins of TCX links start with this; the rest is `<direction>@<interface>`.
@@ -36,16 +40,23 @@ pub enum IfaceStatus {
     Detached,
 }
 
-/// Loads (without attaching) the TC programs; they attach per interface.
-pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+/// Loads (without attaching) the TC programs, which attach per interface, and pins them.
+pub(super) fn load(ebpf: &mut Ebpf, progs: &Path) -> Result<(), DatapathError> {
     for (name, _, _) in TC_PROGRAMS {
-        match ebpf.program_mut(name) {
-            Some(Program::SchedClassifier(p)) => p.load(),
-            _ => Err(ProgramError::UnexpectedProgramType),
-        }
-        .map_err(|source| DatapathError::Program { name, source })?;
+        classifier(ebpf, name)?.load().map_err(program_err(name))?;
+        pin_program(ebpf, name, progs)?;
     }
     Ok(())
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)
+        .and_then(|p| p.try_into())
+        .map_err(program_err(name))
 }
 
 /// bpffs refuses names with '.', which interface names may contain (`eth0.100`).
@@ -55,6 +66,11 @@ fn encode(iface: &str) -> String {
 
 fn decode(pin: &str) -> String {
     pin.replace("%2e", ".").replace("%25", "%")
+}
+
+/// The interface a pinned TCX link is on (0: its interface is gone).
+fn pinned_ifindex(pin: &Path) -> io::Result<u32> {
+    raw_bpf::tcx_ifindex(raw_bpf::obj_get(pin)?.as_fd())
 }
 
 impl Datapath {
@@ -67,7 +83,7 @@ impl Datapath {
     /// Attaches the ingress and egress programs to `iface`, or adopts links a previous agent
     /// pinned there (swapping in this agent's programs). Idempotent; repairs an interface
     /// that was re-created. On error nothing new stays attached.
-    pub fn attach_iface(&self, iface: &str) -> Result<u32, DatapathError> {
+    pub fn attach_iface(&mut self, iface: &str) -> Result<u32, DatapathError> {
         let (ifindex, ty) = sys::interface(iface).map_err(|source| DatapathError::NoIface {
             name: iface.to_owned(),
             source,
@@ -79,43 +95,42 @@ impl Datapath {
             });
         }
         let mut created = Vec::new();
-        let result = TC_PROGRAMS.iter().try_for_each(|(name, direction, ty)| {
+        for (name, direction, at) in TC_PROGRAMS {
             let pin = self.tc_pin(iface, direction);
-            if self.attach_tc(name, *ty, ifindex, &pin)? {
-                created.push(pin);
+            match self.attach_tc(name, at, iface, ifindex, &pin) {
+                Ok(true) => created.push(pin),
+                Ok(false) => {}
+                Err(e) => {
+                    for pin in created {
+                        let _ = fs::remove_file(pin);
+                    }
+                    return Err(e);
+                }
             }
-            Ok(())
-        });
-        if let Err(e) = result {
-            for pin in created {
-                let _ = fs::remove_file(pin);
-            }
-            return Err(e);
         }
         Ok(ifindex)
     }
 
     /// Returns true when it created (rather than adopted) the link.
     fn attach_tc(
-        &self,
+        &mut self,
         name: &'static str,
-        attach_type: u32,
+        at: TcAttachType,
+        iface: &str,
         ifindex: u32,
         pin: &Path,
     ) -> Result<bool, DatapathError> {
-        let perr = |source| DatapathError::Program { name, source };
-        let prog = self
-            .ebpf
-            .program(name)
-            .ok_or(perr(ProgramError::UnexpectedProgramType))?
-            .fd()
-            .map_err(perr)?
-            .as_fd();
+        let perr = program_err(name);
+        let lerr = link_err(name);
+        let prog = classifier(&mut self.ebpf, name)?;
         if pin.exists() {
-            let link = sys::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
-            let info = sys::link_info(link.as_fd()).map_err(io_err("inspecting", pin))?;
-            if info.tcx_ifindex == ifindex {
-                sys::link_update(link.as_fd(), prog).map_err(io_err("updating", pin))?;
+            if pinned_ifindex(pin).map_err(io_err("inspecting", pin))? == ifindex {
+                let link = PinnedLink::from_pin(pin)
+                    .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)))
+                    .map_err(&lerr)?;
+                let id = prog.attach_to_link(link).map_err(&perr)?;
+                // The pin holds the link; this agent keeps no descriptor, so unpinning detaches.
+                drop(prog.take_link(id).map_err(&perr)?);
                 info!("adopted pinned link {}", pin.display());
                 return Ok(false);
             }
@@ -123,11 +138,21 @@ impl Datapath {
             warn!("replacing stale link {}", pin.display());
             fs::remove_file(pin).map_err(io_err("unpinning", pin))?;
         }
-        let link =
-            sys::link_create(prog, ifindex, attach_type).map_err(io_err("attaching to", pin))?;
-        sys::obj_pin(link.as_fd(), pin).map_err(io_err("pinning link", pin))?;
+        let id = prog
+            .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(&perr)?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(&perr)?
+            .try_into()
+            .map_err(|e: LinkError| lerr(e))?;
+        link.pin(pin).map_err(|e| DatapathError::Io {
+            what: "pinning link at",
+            path: pin.to_owned(),
+            source: io::Error::other(e),
+        })?;
         info!(
-            "attached {name} to ifindex {ifindex}, pinned at {}",
+            "attached {name} to {iface} (ifindex {ifindex}), pinned at {}",
             pin.display()
         );
         Ok(true)
@@ -153,11 +178,8 @@ impl Datapath {
         let Ok((ifindex, _)) = sys::interface(iface) else {
             return IfaceStatus::Missing;
         };
-        let on_it = |direction| {
-            sys::obj_get(&self.tc_pin(iface, direction))
-                .and_then(|l| sys::link_info(l.as_fd()))
-                .is_ok_and(|i| i.tcx_ifindex == ifindex)
-        };
+        let on_it =
+            |direction| pinned_ifindex(&self.tc_pin(iface, direction)).is_ok_and(|i| i == ifindex);
         if TC_PROGRAMS.iter().all(|(_, d, _)| on_it(d)) {
             IfaceStatus::Attached(ifindex)
         } else {

@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: a short guided tour of netiso inside a namespace and cgroup subtree it
-//! creates, cleaned up afterwards (also on Ctrl-C).
+//! netiso-demo (`cargo xtask demo`): a short guided tour of netiso inside a namespace and
+//! cgroup subtree it creates, cleaned up afterwards (also on Ctrl-C). It runs the `netiso`
+//! and `netiso-probe` binaries built next to it.
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
@@ -72,7 +73,7 @@ fn teardown() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let bin = crate::workspace_root().join("target/debug/netiso");
+    let bin = netiso_testkit::netiso_bin();
     let _ = Command::new(bin)
         .args([
             "agent",
@@ -94,7 +95,7 @@ fn teardown() {
         .stderr(Stdio::null())
         .status();
     if let Some(root) = CGROUP_ROOT.lock().unwrap().take() {
-        netiso_common::host::destroy_cgroup(&root, Duration::from_secs(5));
+        netiso_testkit::destroy_cgroup(&root, Duration::from_secs(5));
     }
     let _ = Command::new("ip")
         .args(["netns", "del", NETNS])
@@ -103,7 +104,7 @@ fn teardown() {
     let _ = fs::remove_dir_all(TMP);
 }
 
-pub fn run() -> Result<()> {
+fn main() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the demo attaches eBPF programs and creates a network namespace: run it as root");
     }
@@ -192,15 +193,14 @@ fn fetch(addr: &str) -> String {
 }
 
 fn tour() -> Result<()> {
-    let root = crate::workspace_root();
-    let mount = netiso_common::host::cgroup2_mount().context("no cgroup v2 mount found")?;
+    let mount = netiso_testkit::cgroup2_mount().context("no cgroup v2 mount found")?;
     let cgroup_root = mount.join("netiso-demo");
     fs::create_dir_all(&cgroup_root)?;
     *CGROUP_ROOT.lock().unwrap() = Some(cgroup_root.clone());
     fs::create_dir_all(TMP)?;
     let p = Paths {
-        bin: root.join("target/debug/netiso"),
-        probe: root.join("target/debug/netiso-probe"),
+        bin: netiso_testkit::netiso_bin(),
+        probe: netiso_testkit::probe_bin(),
         cgroup_root: cgroup_root.clone(),
         socket: PathBuf::from(TMP).join("netiso.sock"),
     };

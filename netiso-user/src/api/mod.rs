@@ -1,9 +1,11 @@
-//! JSON bodies of the agent's HTTP API (`/v1/...`), shared by the agent and the CLI.
+//! The agent's HTTP API: the route table ([`routes`]) and the JSON bodies, shared by the
+//! agent's server and the typed client (`crate::client`) that the CLI, the tests and the
+//! benchmark use.
+pub mod routes;
+
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, str::FromStr};
 
 use serde::{Deserialize, Serialize};
-
-pub const API_PREFIX: &str = "/v1";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,7 +11,7 @@
 //!   join-cgroup DIR       wait (until stdin closes)
 //!   timeout MS            spoof-udp4 SRC ADDR (IPPROTO_RAW socket: hand-made IPv4/UDP packet)
 //!   packet-send IFACE HEX (AF_PACKET socket: send the Ethernet frame HEX out of IFACE)
-//!   tc-run PIN HEX        (BPF_PROG_TEST_RUN of the program behind the pinned link PIN on
+//!   tc-run PIN HEX        (BPF_PROG_TEST_RUN of the TC program pinned at PIN on
 //!                          frame HEX; value: the program's return value)
 //! ADDR is ip:port or [ip6]:port. The probe stops at the first failing step.
 use std::{
@@ -310,7 +310,7 @@ impl Probe {
 /// Sends a raw Ethernet frame out of `iface` through an AF_PACKET socket, a path none of the
 /// socket address hooks sees.
 fn packet_send(iface: &str, hex: &str) -> Result<Option<String>, Errno> {
-    let frame = netiso_tests::bpf::from_hex(hex).ok_or(Errno::EINVAL)?;
+    let frame = netiso_testkit::craft::from_hex(hex).ok_or(Errno::EINVAL)?;
     let ifindex = nix::net::if_::if_nametoindex(iface)?;
     let fd = check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) })?;
     // SAFETY: fresh descriptor from socket(2).
@@ -334,8 +334,8 @@ fn packet_send(iface: &str, hex: &str) -> Result<Option<String>, Errno> {
 }
 
 fn tc_run(pin: &str, hex: &str) -> Result<Option<String>, Errno> {
-    let frame = netiso_tests::bpf::from_hex(hex).ok_or(Errno::EINVAL)?;
-    netiso_tests::bpf::run_pinned(std::path::Path::new(pin), &frame)
+    let frame = netiso_testkit::craft::from_hex(hex).ok_or(Errno::EINVAL)?;
+    netiso_testkit::bpf::run_pinned(std::path::Path::new(pin), &frame)
         .map(|r| Some(r.to_string()))
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }

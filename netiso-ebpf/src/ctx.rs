@@ -1,0 +1,272 @@
+//! The raw context readers and writers: the only place that touches the kernel's context
+//! structs. Context fields are read and written with loads and stores of their exact width
+//! (u32): the verifier rewrites each access into an access to the kernel's own struct and
+//! rejects other sizes, and volatile accesses keep the compiler from merging or widening them.
+//!
+//! Every method takes the context aya built from the pointer the kernel passed to the program,
+//! so the pointers dereferenced here are the kernel's.
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_sock, sockaddr},
+    helpers::{bpf_bind, bpf_sk_fullsock},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+};
+use netiso_common::{
+    policy::{AF_INET, AF_INET6},
+    Ip4, Ip6,
+};
+
+/// Reads one u32 context field: `field!(ptr, name)`.
+macro_rules! field {
+    ($ptr:expr, $($f:tt)+) => {
+        // SAFETY: `$ptr` is a context pointer the kernel handed to this program (or a socket
+        // pointer it derived from one), valid for the whole run; the field is a u32.
+        unsafe { read_volatile(addr_of!((*$ptr).$($f)+)) }
+    };
+}
+
+/// Writes one u32 context field: `set_field!(ptr, name, value)`.
+macro_rules! set_field {
+    ($ptr:expr, $f:ident, $v:expr) => {
+        // SAFETY: as in `field!`; the verifier only lets this program kind write the fields
+        // netiso writes (user_ip*, msg_src_ip*), and checks it at load time.
+        unsafe { write_volatile(addr_of_mut!((*$ptr).$f), $v) }
+    };
+}
+
+/// Reads four u32 fields starting at `p`, an IPv6 address in a context.
+macro_rules! field6 {
+    ($ptr:expr, $f:ident) => {{
+        // SAFETY: as in `field!`; `$f` is a `[u32; 4]`, read word by word as the verifier wants.
+        unsafe {
+            let p = addr_of!((*$ptr).$f).cast::<u32>();
+            Ip6([
+                read_volatile(p),
+                read_volatile(p.add(1)),
+                read_volatile(p.add(2)),
+                read_volatile(p.add(3)),
+            ])
+        }
+    }};
+}
+
+macro_rules! set_field6 {
+    ($ptr:expr, $f:ident, $v:expr) => {{
+        let v: &Ip6 = $v;
+        // SAFETY: as in `set_field!`; word by word, as the verifier wants.
+        unsafe {
+            let p = addr_of_mut!((*$ptr).$f).cast::<u32>();
+            write_volatile(p, v.0[0]);
+            write_volatile(p.add(1), v.0[1]);
+            write_volatile(p.add(2), v.0[2]);
+            write_volatile(p.add(3), v.0[3]);
+        }
+    }};
+}
+
+/// The `struct sockaddr_in` that bpf_bind takes.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: Ip4,
+    zero: [u8; 8],
+}
+
+/// The `struct sockaddr_in6` that bpf_bind takes.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: Ip6,
+    scope_id: u32,
+}
+
+/// bind/connect/sendmsg hooks (`struct bpf_sock_addr`).
+pub trait SockAddr {
+    fn user_ip4(&self) -> Ip4;
+    fn set_user_ip4(&self, a: Ip4);
+    fn user_ip6(&self) -> Ip6;
+    fn set_user_ip6(&self, a: &Ip6);
+    /// The port the process asked for, host order.
+    fn user_port(&self) -> u16;
+    /// The source a control message (IP_PKTINFO / IPV6_PKTINFO) asks for (sendmsg only).
+    fn msg_src_ip4(&self) -> Ip4;
+    fn set_msg_src_ip4(&self, a: Ip4);
+    fn msg_src_ip6(&self) -> Ip6;
+    fn set_msg_src_ip6(&self, a: &Ip6);
+    /// The socket's bound address and (host-order) port.
+    fn sk_src_ip4(&self) -> Ip4;
+    fn sk_src_ip6(&self) -> Ip6;
+    fn sk_src_port(&self) -> u16;
+    /// Binds the socket's source address with port 0, which the kernel leaves to connect()
+    /// (connect hooks only). Err: the kernel's negative errno.
+    fn bind4(&self, a: Ip4) -> Result<(), i64>;
+    fn bind6(&self, a: &Ip6) -> Result<(), i64>;
+}
+
+impl SockAddr for SockAddrContext {
+    fn user_ip4(&self) -> Ip4 {
+        Ip4(field!(self.sock_addr, user_ip4))
+    }
+    fn set_user_ip4(&self, a: Ip4) {
+        set_field!(self.sock_addr, user_ip4, a.0)
+    }
+    fn user_ip6(&self) -> Ip6 {
+        field6!(self.sock_addr, user_ip6)
+    }
+    fn set_user_ip6(&self, a: &Ip6) {
+        set_field6!(self.sock_addr, user_ip6, a)
+    }
+    fn user_port(&self) -> u16 {
+        // Network order in the low 16 bits.
+        u16::from_be(field!(self.sock_addr, user_port) as u16)
+    }
+    fn msg_src_ip4(&self) -> Ip4 {
+        Ip4(field!(self.sock_addr, msg_src_ip4))
+    }
+    fn set_msg_src_ip4(&self, a: Ip4) {
+        set_field!(self.sock_addr, msg_src_ip4, a.0)
+    }
+    fn msg_src_ip6(&self) -> Ip6 {
+        field6!(self.sock_addr, msg_src_ip6)
+    }
+    fn set_msg_src_ip6(&self, a: &Ip6) {
+        set_field6!(self.sock_addr, msg_src_ip6, a)
+    }
+    fn sk_src_ip4(&self) -> Ip4 {
+        Ip4(field!(sk(self), src_ip4))
+    }
+    fn sk_src_ip6(&self) -> Ip6 {
+        field6!(sk(self), src_ip6)
+    }
+    fn sk_src_port(&self) -> u16 {
+        // Host order, unlike user_port.
+        field!(sk(self), src_port) as u16
+    }
+    fn bind4(&self, a: Ip4) -> Result<(), i64> {
+        let mut sa = SockaddrIn {
+            family: AF_INET as u16,
+            port: 0,
+            addr: a,
+            zero: [0; 8],
+        };
+        bind(
+            self,
+            addr_of_mut!(sa).cast(),
+            core::mem::size_of::<SockaddrIn>(),
+        )
+    }
+    fn bind6(&self, a: &Ip6) -> Result<(), i64> {
+        let mut sa = SockaddrIn6 {
+            family: AF_INET6 as u16,
+            port: 0,
+            flowinfo: 0,
+            addr: *a,
+            scope_id: 0,
+        };
+        bind(
+            self,
+            addr_of_mut!(sa).cast(),
+            core::mem::size_of::<SockaddrIn6>(),
+        )
+    }
+}
+
+/// The socket of a sock_addr context: never null there (the verifier types it as a socket).
+#[inline(always)]
+fn sk(ctx: &SockAddrContext) -> *const bpf_sock {
+    // SAFETY: reads the `sk` pointer field of the kernel's context.
+    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }
+}
+
+#[inline(always)]
+fn bind(ctx: &SockAddrContext, sa: *mut sockaddr, len: usize) -> Result<(), i64> {
+    // SAFETY: `sa` points to a sockaddr of `len` bytes on this program's stack.
+    let rc = unsafe { bpf_bind(ctx.sock_addr, sa, len as i32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(rc)
+    }
+}
+
+/// sock_create (`struct bpf_sock` of the new socket): family, type, protocol.
+#[inline(always)]
+pub fn new_socket(ctx: &SockContext) -> (u32, u32, u32) {
+    (
+        field!(ctx.sock, family),
+        field!(ctx.sock, type_),
+        field!(ctx.sock, protocol),
+    )
+}
+
+/// setsockopt (`struct bpf_sockopt`): level and option name.
+#[inline(always)]
+pub fn sockopt(ctx: &SockoptContext) -> (i32, i32) {
+    // SAFETY: reads two i32 fields of the kernel's context.
+    unsafe {
+        (
+            read_volatile(addr_of!((*ctx.sockopt).level)),
+            read_volatile(addr_of!((*ctx.sockopt).optname)),
+        )
+    }
+}
+
+/// setsockopt: the first 16 bytes of the option value (an in6_addr for IPV6_PKTINFO), or
+/// None when the value is shorter.
+#[inline(always)]
+pub fn sockopt_in6_addr(ctx: &SockoptContext) -> Option<Ip6> {
+    // SAFETY: reads the optval/optval_end pointer fields of the kernel's context.
+    let (start, end) = unsafe {
+        (
+            (*ctx.sockopt).__bindgen_anon_2.optval as usize,
+            (*ctx.sockopt).__bindgen_anon_3.optval_end as usize,
+        )
+    };
+    if start + 16 > end {
+        return None;
+    }
+    let p = start as *const u32;
+    // SAFETY: [start, start + 16) lies inside the option buffer: checked against optval_end
+    // just above, the check the verifier requires before this read.
+    Some(unsafe {
+        Ip6([
+            read_volatile(p),
+            read_volatile(p.add(1)),
+            read_volatile(p.add(2)),
+            read_volatile(p.add(3)),
+        ])
+    })
+}
+
+/// The kernel's `__sk_buff` of a cgroup_skb or TC context.
+#[inline(always)]
+pub fn skb(ctx: &SkBuffContext) -> *mut __sk_buff {
+    ctx.skb.skb
+}
+
+/// The TCP state (`TCP_*`; UDP uses TCP_ESTABLISHED for connected sockets) of the full
+/// socket an skb belongs to, if it has one.
+#[inline(always)]
+pub fn skb_socket_state(skb: *mut __sk_buff) -> Option<u32> {
+    // SAFETY: reads the `sk` pointer field of the kernel's __sk_buff.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is the skb's socket pointer, checked non-null as the helper requires.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    Some(field!(full, state))
+}
+
+/// The TCP state of a socket a bpf_sk_lookup_* helper returned (non-null).
+#[inline(always)]
+pub fn socket_state(sk: *const bpf_sock) -> u32 {
+    field!(sk, state)
+}

@@ -1,0 +1,128 @@
+//! The cgroup programs: attached once at the cgroup root as bpf links pinned under `links/`,
+//! adopted (program swapped atomically) by every later agent.
+use std::{
+    fs,
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
+
+use aya::{
+    programs::{
+        links::{CgroupAttachMode, FdLink},
+        CgroupSkbAttachType, Program, ProgramError,
+    },
+    Ebpf,
+};
+use log::info;
+
+use super::{io_err, link_err, pin_program, program_err, raw_bpf, DatapathError};
+
+/// Every program netiso attaches at the cgroup root: ELF function name and kernel attach type
+/// (enum bpf_attach_type), for the raw link calls.
+pub const PROGRAMS: [(&str, u32); 10] = [
+    ("sock_create", 2), // BPF_CGROUP_INET_SOCK_CREATE
+    ("bind4", 8),       // BPF_CGROUP_INET4_BIND
+    ("bind6", 9),       // BPF_CGROUP_INET6_BIND
+    ("connect4", 10),   // BPF_CGROUP_INET4_CONNECT
+    ("connect6", 11),   // BPF_CGROUP_INET6_CONNECT
+    ("sendmsg4", 14),   // BPF_CGROUP_UDP4_SENDMSG
+    ("sendmsg6", 15),   // BPF_CGROUP_UDP6_SENDMSG
+    ("setsockopt", 22), // BPF_CGROUP_SETSOCKOPT
+    ("ingress", 0),     // BPF_CGROUP_INET_INGRESS
+    ("egress", 1),      // BPF_CGROUP_INET_EGRESS
+];
+
+/// Loads every cgroup program, pins it under `progs`, and attaches it at `cgroup_root` or
+/// adopts the link an earlier agent pinned under `links`.
+pub(super) fn cgroup_programs(
+    ebpf: &mut Ebpf,
+    cgroup_root: &Path,
+    links: &Path,
+    progs: &Path,
+) -> Result<(), DatapathError> {
+    let cgroup = fs::File::open(cgroup_root).map_err(io_err("opening cgroup", cgroup_root))?;
+    for (name, attach_type) in PROGRAMS {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
+        load(prog).map_err(program_err(name))?;
+        let pin = links.join(name);
+        let fd = prog.fd().map_err(program_err(name))?.as_fd();
+        if pin.exists() {
+            adopt(name, fd, &pin)?;
+        } else {
+            attach(name, prog, attach_type, &cgroup, &pin)?;
+        }
+        pin_program(ebpf, name, progs)?;
+    }
+    Ok(())
+}
+
+fn load(prog: &mut Program) -> Result<(), ProgramError> {
+    match prog {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSock(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSkb(p) => p.load(),
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
+}
+
+/// A link pinned by an earlier agent: switch it to this agent's program, atomically.
+fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathError> {
+    let link = raw_bpf::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
+    raw_bpf::link_update(link.as_fd(), prog).map_err(io_err("updating pinned link", pin))?;
+    info!("adopted pinned link for {name}, program replaced atomically");
+    Ok(())
+}
+
+/// A new bpf link at the cgroup root, pinned so it outlives the agent. Links compose with
+/// other programs at the same cgroup whatever the mode, which only applies to old-style
+/// attachments.
+fn attach(
+    name: &'static str,
+    prog: &mut Program,
+    attach_type: u32,
+    cgroup: &fs::File,
+    pin: &Path,
+) -> Result<(), DatapathError> {
+    let perr = program_err(name);
+    let mode = CgroupAttachMode::Single;
+    let link: FdLink = match prog {
+        Program::CgroupSockAddr(p) => {
+            let id = p.attach(cgroup, mode).map_err(&perr)?;
+            p.take_link(id).map_err(&perr)?.try_into()
+        }
+        Program::CgroupSock(p) => {
+            let id = p.attach(cgroup, mode).map_err(&perr)?;
+            p.take_link(id).map_err(&perr)?.try_into()
+        }
+        Program::CgroupSkb(p) => {
+            let direction = if attach_type == 0 {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            let id = p.attach(cgroup, direction, mode).map_err(&perr)?;
+            p.take_link(id).map_err(&perr)?.try_into()
+        }
+        Program::CgroupSockopt(_) => {
+            // No pinnable link from aya here: raw link, raw pin.
+            let fd = prog.fd().map_err(&perr)?.as_fd();
+            let link = raw_bpf::cgroup_link_create(fd, cgroup.as_fd(), attach_type)
+                .map_err(io_err("attaching program to cgroup", pin))?;
+            raw_bpf::obj_pin(link.as_fd(), pin).map_err(io_err("pinning link", pin))?;
+            info!("attached {name}, pinned at {}", pin.display());
+            return Ok(());
+        }
+        _ => return Err(perr(ProgramError::UnexpectedProgramType)),
+    }
+    .map_err(link_err(name))?;
+    link.pin(pin).map_err(|e| DatapathError::Io {
+        what: "pinning link at",
+        path: pin.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    info!("attached {name}, pinned at {}", pin.display());
+    Ok(())
+}

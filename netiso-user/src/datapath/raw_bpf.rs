@@ -1,0 +1,104 @@
+//! The bpf(2) commands netiso needs that aya 0.14 does not offer. Everything else goes
+//! through aya. Each function names the gap it fills.
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+// enum bpf_cmd
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// `union bpf_attr`, as 64-bit words: large enough for every command used here.
+type Attr = [u64; 16];
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a 128-byte buffer, larger than the bpf_attr member of each command
+    // used here; the pointers placed inside it outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: a fresh descriptor the kernel just returned; nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// Gap: aya's `FdLink` does not expose its descriptor, so a link pinned by an earlier agent
+/// is opened here to update it (see [`link_update`]).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = Attr::default();
+    attr[0] = c.as_ptr() as u64; // pathname
+    Ok(owned(bpf(BPF_OBJ_GET, &mut attr)?))
+}
+
+/// Gap: aya 0.14 cannot turn a cgroup sockopt link into an `FdLink`, so that link is pinned
+/// here (the other links use `FdLink::pin`).
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = Attr::default();
+    attr[0] = c.as_ptr() as u64; // pathname
+    attr[1] = u64::from(fd.as_raw_fd() as u32); // bpf_fd
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Gap: aya 0.14's `CgroupSockopt` has no link it can pin; this creates the cgroup link (a
+/// bpf link, so it composes with other programs) whose descriptor [`obj_pin`] pins.
+pub fn cgroup_link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = Attr::default();
+    // struct { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; }
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[1] = u64::from(attach_type);
+    Ok(owned(bpf(BPF_LINK_CREATE, &mut attr)?))
+}
+
+/// Gap: aya 0.14 updates TC links (`attach_to_link`) but not cgroup links. Atomically replaces
+/// the program a link runs, so a restarted agent swaps programs with no enforcement gap.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::default();
+    // struct { u32 link_fd; u32 new_prog_fd; u32 flags; u32 old_prog_fd; }
+    attr[0] = u64::from(link.as_raw_fd() as u32) | (u64::from(prog.as_raw_fd() as u32) << 32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Gap: aya 0.14's `LinkInfo` has no TCX fields. The interface a TCX link is attached to;
+/// 0 once that interface is gone (the link is then defunct).
+pub fn tcx_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; (8-aligned union)
+    //   struct { u32 ifindex; u32 attach_type; } tcx; ... }
+    let mut info = [0u64; 32];
+    let mut attr = Attr::default();
+    attr[0] = u64::from(link.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info[2] & 0xffff_ffff) as u32)
+}
