@@ -399,7 +399,7 @@ fn measure(o: &Opts, plan: &Plan, w: &World) -> Result<Output> {
     let route_failures = samples.iter().filter(|s| !s.route.ok).count();
     let meta = serde_json::json!({
         "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpus": thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "opts": o,
         "reps": plan.reps,
         "duration_ms": plan.dur,
@@ -707,7 +707,10 @@ fn retry_json(
             if o.status.success() && v["end"]["sum_received"]["bits_per_second"].is_number() {
                 return Ok(v);
             }
-            last = v["error"].as_str().unwrap_or("no result").to_owned();
+            v["error"]
+                .as_str()
+                .unwrap_or("no result")
+                .clone_into(&mut last);
         } else {
             last = String::from_utf8_lossy(&o.stdout)
                 .chars()

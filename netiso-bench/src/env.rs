@@ -75,20 +75,24 @@ struct Cleanup {
     netns: Vec<String>,
     tmp: Option<PathBuf>,
     agent_pid: Option<i32>,
-    agent_cleanup: Option<(PathBuf, Vec<String>)>,
+    agent_stop_args: Option<(PathBuf, Vec<String>)>,
 }
 
 static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
 
 fn with_cleanup(f: impl FnOnce(&mut Cleanup)) {
-    let mut g = CLEANUP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = CLEANUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(g.get_or_insert_with(Cleanup::default));
 }
 
 /// Tears everything down; idempotent. Called on drop of [`World`] and from the Ctrl-C handler.
 pub fn teardown() {
     let c = {
-        let mut g = CLEANUP.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = CLEANUP
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.take()
     };
     let Some(c) = c else { return };
@@ -104,7 +108,7 @@ pub fn teardown() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
     }
-    if let Some((bin, args)) = &c.agent_cleanup {
+    if let Some((bin, args)) = &c.agent_stop_args {
         let _ = Command::new(bin)
             .args(args)
             .arg("--cleanup")
@@ -126,8 +130,12 @@ pub fn delete_netns(names: &[String]) {
     let lines: String = names
         .iter()
         .filter(|n| Path::new("/run/netns").join(n).exists())
-        .map(|n| format!("netns del {n}\n"))
-        .collect();
+        .fold(String::new(), |mut s, n| {
+            s.push_str("netns del ");
+            s.push_str(n);
+            s.push('\n');
+            s
+        });
     if !lines.is_empty() {
         let _ = Command::new("ip")
             .args(["-force", "-batch", "-"])
@@ -386,7 +394,7 @@ impl World {
 
     fn start_agent(&mut self) -> Result<()> {
         let log = fs::File::create(self.tmp.join("agent.log"))?;
-        with_cleanup(|c| c.agent_cleanup = Some((self.netiso_bin.clone(), self.agent_args())));
+        with_cleanup(|c| c.agent_stop_args = Some((self.netiso_bin.clone(), self.agent_args())));
         let mut cmd = Command::new(&self.netiso_bin);
         cmd.args(self.agent_args())
             .env("RUST_LOG", "warn")

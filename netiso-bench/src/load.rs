@@ -108,7 +108,7 @@ fn sink(mut c: TcpStream) {
         match c.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => total += n as u64,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return,
         }
     }
@@ -200,7 +200,7 @@ impl Hist {
         if v < (1 << Self::SUB) {
             return v as usize;
         }
-        let e = 63 - v.leading_zeros();
+        let e = v.ilog2();
         let m = (v >> (e - Self::SUB)) & ((1 << Self::SUB) - 1);
         ((e - Self::SUB + 1) as usize) * (1 << Self::SUB) + m as usize
     }
@@ -215,7 +215,7 @@ impl Hist {
         lo as f64 + (1u64 << (e - Self::SUB)) as f64 / 2.0
     }
     pub fn record(&mut self, d: Duration) {
-        let i = Self::index(d.as_nanos().min(u64::MAX as u128) as u64).min(self.0.len() - 1);
+        let i = Self::index(d.as_nanos().min(u128::from(u64::MAX)) as u64).min(self.0.len() - 1);
         self.0[i] += 1;
     }
     pub fn merge(&mut self, o: &Hist) {
@@ -379,7 +379,7 @@ fn flow(
             ops = 1;
         }
         Workload::Rr => 'outer: loop {
-            for s in tcp.iter_mut() {
+            for s in &mut tcp {
                 let t0 = Instant::now();
                 if t0 >= deadline {
                     break 'outer;
@@ -419,7 +419,7 @@ fn flow(
                         ops += 1;
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                        lost += 1
+                        lost += 1;
                     }
                     Err(e) => return Err(e.into()),
                 }

@@ -25,12 +25,12 @@ pub fn stats(v: &[f64]) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
         return None;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     let med = if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
     };
     Some((med, v[0], v[n - 1]))
 }
@@ -73,11 +73,11 @@ fn wl_label(wl: Workload, flows: usize) -> String {
 
 fn num(x: f64) -> String {
     if x >= 1e5 {
-        format!("{:.0}", x)
+        format!("{x:.0}")
     } else if x >= 100.0 {
-        format!("{:.1}", x)
+        format!("{x:.1}")
     } else {
-        format!("{:.2}", x)
+        format!("{x:.2}")
     }
 }
 
@@ -166,7 +166,7 @@ pub fn table(o: &Output) -> String {
     }
     let scales: Vec<usize> = {
         let mut s: Vec<usize> = o.setup.iter().map(|s| s.scale).collect();
-        s.sort();
+        s.sort_unstable();
         s.dedup();
         s
     };
@@ -205,7 +205,7 @@ pub fn table(o: &Output) -> String {
                 if rr.is_none() && setup.is_none() {
                     continue;
                 }
-                let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "-".into());
+                let opt = |x: Option<f64>| x.map_or_else(|| "-".into(), num);
                 let _ = writeln!(
                     t,
                     "{:>6} {:<12} {:>16} {:>9} {:>11} {:>11} {:>11} {:>10} {:>11} {:>8}",
@@ -218,9 +218,10 @@ pub fn table(o: &Output) -> String {
                             num(hi)
                         )))
                         .unwrap_or_else(|| "-".into()),
-                    setup
-                        .map(|s| format!("{:.1}", s.kernel_kib_per_container))
-                        .unwrap_or_else(|| "-".into()),
+                    setup.map_or_else(
+                        || "-".into(),
+                        |s| format!("{:.1}", s.kernel_kib_per_container)
+                    ),
                     opt(val(Workload::Stream, 4)),
                     opt(rr),
                     opt(med_of(&pick(o, "scale", n, p, Workload::Rr, 1), |s| s

@@ -21,7 +21,8 @@ const STRAY: &str = "198.51.100.250";
 
 #[derive(Serialize)]
 pub struct Case {
-    pub case: &'static str,
+    #[serde(rename = "case")]
+    pub name: &'static str,
     pub verdict: i32,
     /// Median [min, max] of the samples, ns per packet.
     pub ns: [u32; 3],
@@ -142,7 +143,7 @@ pub fn measure(w: &World, extra: usize, repeat: u32, samples: usize) -> Result<T
             base = i64::from(median);
         }
         cost.cases.push(Case {
-            case: name,
+            name,
             verdict,
             ns: [median, ns[0], ns[ns.len() - 1]],
             over_noop_ns: i64::from(median) - base,
@@ -165,7 +166,7 @@ pub fn table(c: &TcCost) -> String {
         let _ = writeln!(
             t,
             "{:<56} {:>7} {:>8} {:>15} {:>+9}",
-            x.case,
+            x.name,
             x.verdict,
             x.ns[0],
             format!("[{}..{}]", x.ns[1], x.ns[2]),

@@ -70,7 +70,7 @@ pub trait Frame {
 impl Frame for [u8] {
     #[inline(always)]
     fn load<T: Plain>(&self, offset: usize) -> Option<T> {
-        let end = offset.checked_add(core::mem::size_of::<T>())?;
+        let end = offset.checked_add(size_of::<T>())?;
         let bytes = self.get(offset..end)?;
         // SAFETY: `bytes` holds exactly size_of::<T>() bytes and T is `Plain`: any bit pattern
         // is a valid T; read_unaligned needs no alignment.
@@ -195,7 +195,7 @@ pub fn parse(f: &(impl Frame + ?Sized)) -> Headers {
             return Headers::none(Kind::Unreadable);
         };
         proto = u16::from_be(tag.ether_type);
-        l3 += core::mem::size_of::<VlanHdr>();
+        l3 += size_of::<VlanHdr>();
     }
     match proto {
         ETH_P_IP => parse4(f, l3),

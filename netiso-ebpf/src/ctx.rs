@@ -112,13 +112,13 @@ impl SockAddr for SockAddrContext {
         Ip4(field!(self.sock_addr, user_ip4))
     }
     fn set_user_ip4(&self, a: Ip4) {
-        set_field!(self.sock_addr, user_ip4, a.0)
+        set_field!(self.sock_addr, user_ip4, a.0);
     }
     fn user_ip6(&self) -> Ip6 {
         field6!(self.sock_addr, user_ip6)
     }
     fn set_user_ip6(&self, a: &Ip6) {
-        set_field6!(self.sock_addr, user_ip6, a)
+        set_field6!(self.sock_addr, user_ip6, a);
     }
     fn user_port(&self) -> u16 {
         // Network order in the low 16 bits.
@@ -128,13 +128,13 @@ impl SockAddr for SockAddrContext {
         Ip4(field!(self.sock_addr, msg_src_ip4))
     }
     fn set_msg_src_ip4(&self, a: Ip4) {
-        set_field!(self.sock_addr, msg_src_ip4, a.0)
+        set_field!(self.sock_addr, msg_src_ip4, a.0);
     }
     fn msg_src_ip6(&self) -> Ip6 {
         field6!(self.sock_addr, msg_src_ip6)
     }
     fn set_msg_src_ip6(&self, a: &Ip6) {
-        set_field6!(self.sock_addr, msg_src_ip6, a)
+        set_field6!(self.sock_addr, msg_src_ip6, a);
     }
     fn sk_src_ip4(&self) -> Ip4 {
         Ip4(field!(sk(self), src_ip4))
@@ -153,11 +153,7 @@ impl SockAddr for SockAddrContext {
             addr: a,
             zero: [0; 8],
         };
-        bind(
-            self,
-            addr_of_mut!(sa).cast(),
-            core::mem::size_of::<SockaddrIn>(),
-        )
+        bind(self, addr_of_mut!(sa).cast(), size_of::<SockaddrIn>())
     }
     fn bind6(&self, a: &Ip6) -> Result<(), i64> {
         let mut sa = SockaddrIn6 {
@@ -167,11 +163,7 @@ impl SockAddr for SockAddrContext {
             addr: *a,
             scope_id: 0,
         };
-        bind(
-            self,
-            addr_of_mut!(sa).cast(),
-            core::mem::size_of::<SockaddrIn6>(),
-        )
+        bind(self, addr_of_mut!(sa).cast(), size_of::<SockaddrIn6>())
     }
 }
 

@@ -54,20 +54,20 @@ pub fn config(index: u32) -> u32 {
 pub fn container_of_cgroup(cgroup_id: u64) -> Option<Container> {
     // SAFETY: the value is copied out at once; a concurrent update by the agent replaces the
     // entry as a whole (a hash map update), so the copy is one version or the other.
-    unsafe { CONTAINERS.get(&cgroup_id) }.copied()
+    unsafe { CONTAINERS.get(cgroup_id) }.copied()
 }
 
 /// The container with an id.
 #[inline(always)]
 pub fn container_of_id(id: ContainerId) -> Option<Container> {
     // SAFETY: copied out at once, see `container_of_cgroup`.
-    unsafe { IDS.get(&id) }.copied()
+    unsafe { IDS.get(id) }.copied()
 }
 
 #[inline(always)]
 pub fn owner4(addr: Ip4) -> Option<ContainerId> {
     // SAFETY: copied out at once, see `container_of_cgroup`.
-    unsafe { OWNED4.get(&addr) }.copied()
+    unsafe { OWNED4.get(addr) }.copied()
 }
 
 #[inline(always)]
@@ -80,7 +80,7 @@ pub fn owner6(addr: &Ip6) -> Option<ContainerId> {
 #[inline(always)]
 pub fn rule(from: ContainerId, to: ContainerId) -> Option<bool> {
     // SAFETY: copied out at once, see `container_of_cgroup`.
-    unsafe { POLICY.get(&PolicyKey { from, to }) }.map(|v| *v != 0)
+    unsafe { POLICY.get(PolicyKey { from, to }) }.map(|v| *v != 0)
 }
 
 /// Adds 1 to counter `index` of container `id`, and `bytes` to counter `bytes_index` when
@@ -90,7 +90,7 @@ pub fn count(id: ContainerId, index: usize, bytes: Option<(usize, u64)>) {
     if index >= netiso_common::counter::LEN {
         return;
     }
-    let Some(c) = COUNTERS.get_ptr_mut(&id) else {
+    let Some(c) = COUNTERS.get_ptr_mut(id) else {
         return;
     };
     // SAFETY: a per-CPU value of this CPU: no other writer runs concurrently, and the pointer

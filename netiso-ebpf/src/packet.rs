@@ -76,18 +76,18 @@ pub fn udp_connected(
             v4.daddr = dst.held_v4().0;
             v4.sport = sport.to_be();
             v4.dport = dport.to_be();
-            core::mem::size_of_val(v4)
+            size_of_val(v4)
         } else {
             let v6 = &mut t.__bindgen_anon_1.ipv6;
             v6.saddr = src.0;
             v6.daddr = dst.0;
             v6.sport = sport.to_be();
             v6.dport = dport.to_be();
-            core::mem::size_of_val(v6)
+            size_of_val(v6)
         }
     };
     // SAFETY: `ctx` is the program's context and `t` a tuple of `size` bytes on the stack.
-    let sk = unsafe { bpf_sk_lookup_udp(ctx, &mut t, size as u32, CURRENT_NETNS, 0) };
+    let sk = unsafe { bpf_sk_lookup_udp(ctx, &raw mut t, size as u32, CURRENT_NETNS, 0) };
     if sk.is_null() {
         return false;
     }

@@ -70,13 +70,13 @@ impl Family for V4 {
         ctx.user_ip4()
     }
     fn set_user_ip(ctx: &SockAddrContext, a: &Ip4) {
-        ctx.set_user_ip4(*a)
+        ctx.set_user_ip4(*a);
     }
     fn msg_src(ctx: &SockAddrContext) -> Ip4 {
         ctx.msg_src_ip4()
     }
     fn set_msg_src(ctx: &SockAddrContext, a: &Ip4) {
-        ctx.set_msg_src_ip4(*a)
+        ctx.set_msg_src_ip4(*a);
     }
     fn sk_src(ctx: &SockAddrContext) -> Ip4 {
         ctx.sk_src_ip4()
@@ -114,13 +114,13 @@ impl Family for V6 {
         ctx.user_ip6()
     }
     fn set_user_ip(ctx: &SockAddrContext, a: &Ip6) {
-        ctx.set_user_ip6(a)
+        ctx.set_user_ip6(a);
     }
     fn msg_src(ctx: &SockAddrContext) -> Ip6 {
         ctx.msg_src_ip6()
     }
     fn set_msg_src(ctx: &SockAddrContext, a: &Ip6) {
-        ctx.set_msg_src_ip6(a)
+        ctx.set_msg_src_ip6(a);
     }
     fn sk_src(ctx: &SockAddrContext) -> Ip6 {
         ctx.sk_src_ip6()

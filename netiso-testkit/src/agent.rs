@@ -26,6 +26,10 @@ impl CliOutput {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
     #[track_caller]
+    #[expect(
+        clippy::return_self_not_must_use,
+        reason = "an assertion; the result is there for chaining, not to be used"
+    )]
     pub fn ok(self) -> Self {
         assert_eq!(
             self.code, 0,
@@ -95,6 +99,11 @@ impl Agent {
     /// Like [`Agent::start`], with extra `netiso agent` arguments (e.g. `--iface IFACE`) for
     /// this run only.
     pub fn start_with(&mut self, extra: &[&str]) {
+        self.start_with_env(extra, &[]);
+    }
+
+    /// Like [`Agent::start_with`], with extra environment variables (e.g. failpoints).
+    pub fn start_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -103,6 +112,7 @@ impl Agent {
         let mut cmd = Command::new(netiso_bin());
         cmd.args(self.args())
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if let Some(ns) = &self.netns {

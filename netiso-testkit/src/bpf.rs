@@ -50,7 +50,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
             libc::SYS_bpf,
             cmd,
             attr.as_mut_ptr(),
-            std::mem::size_of_val(attr) as libc::c_uint,
+            size_of_val(attr) as libc::c_uint,
         )
     };
     if rc < 0 {

@@ -110,7 +110,12 @@ impl Packet {
                 h[10..12].copy_from_slice(&sum.to_be_bytes());
                 f.extend_from_slice(&h);
                 f.extend_from_slice(&self.options);
-                if self.frag_offset & 0x1fff == 0 {
+                #[expect(
+                    clippy::verbose_bit_mask,
+                    reason = "the fragment offset field is the low 13 bits"
+                )]
+                let first_fragment = self.frag_offset & 0x1fff == 0;
+                if first_fragment {
                     f.extend_from_slice(&l4);
                 } else {
                     f.extend_from_slice(&[0u8; 8]);
@@ -166,7 +171,11 @@ pub fn checksum(b: &[u8]) -> u16 {
 
 /// Lowercase hex of `b` (frames travel to netiso-probe as hex).
 pub fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// The bytes of a hex string, None when it is not hex.

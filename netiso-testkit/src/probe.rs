@@ -114,8 +114,10 @@ impl Background {
             match self.lines.recv_timeout(left) {
                 Ok(s) if s.op == op => return s,
                 Ok(s) if !s.ok => panic!("background probe failed at {}: {:?}", s.op, s.errno),
-                Ok(_) => continue,
-                Err(_) => panic!("timed out waiting for background step {op}"),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("timed out waiting for background step {op}")
+                }
             }
         }
     }

@@ -210,7 +210,7 @@ fn no_input_reads_out_of_bounds() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..2000 {
         let mut f = vec![0u8; 14 + (seed % 120) as usize];
-        for b in f.iter_mut() {
+        for b in &mut f {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;

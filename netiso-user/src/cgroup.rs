@@ -110,9 +110,8 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
     let deadline = Instant::now() + timeout;
     let events = path.join("cgroup.events");
     loop {
-        let populated = fs::read_to_string(&events)
-            .map(|s| s.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false);
+        let populated =
+            fs::read_to_string(&events).is_ok_and(|s| s.lines().any(|l| l == "populated 1"));
         if !populated {
             return Ok(());
         }
@@ -157,7 +156,7 @@ pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
         Err(e) => return Err(io_err("listing", path)(e)),
     };
     for entry in entries.flatten() {
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             remove_tree(&entry.path())?;
         }
     }

@@ -173,8 +173,7 @@ impl Client {
                 return Ok(bytes);
             }
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("agent answered {status}"));
+                .map_or_else(|_| format!("agent answered {status}"), |e| e.error);
             Err(ClientError::Api { status, message })
         })
     }

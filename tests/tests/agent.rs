@@ -17,15 +17,12 @@ const FOREIGN_BIND: &[&str] = &["socket tcp4", "bind 192.0.2.20:7000"];
 
 fn foreign_bind_refused(w: &World, cg: &Path) -> bool {
     let s = probe_last(&w.ns, cg, FOREIGN_BIND);
-    match s.ok {
-        false => {
-            assert_eq!(s.errno.as_deref(), Some("EADDRNOTAVAIL"), "{s:?}");
-            true
-        }
-        true => {
-            assert_eq!(s.value.as_deref(), Some("192.0.2.20:7000"), "{s:?}");
-            false
-        }
+    if s.ok {
+        assert_eq!(s.value.as_deref(), Some("192.0.2.20:7000"), "{s:?}");
+        false
+    } else {
+        assert_eq!(s.errno.as_deref(), Some("EADDRNOTAVAIL"), "{s:?}");
+        true
     }
 }
 
@@ -589,15 +586,65 @@ fn pins_of_another_layout_are_refused_with_advice() {
         "{}",
         out.stderr
     );
-    let links = fs::read_dir(stray.bpffs.join("links"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let links = fs::read_dir(stray.bpffs.join("links")).map_or(0, Iterator::count);
     assert_eq!(links, 0, "a refused agent attached programs");
     assert_eq!(agent(&["--cleanup"]).code, 0);
     assert!(!stray.bpffs.exists());
 }
 
+/// A `container rm` or `ip rm` that fails part way changes nothing: the state cannot be saved,
+/// or the kernel refuses a step after earlier ones were applied (failpoints). The answer is
+/// an error, the state file is unchanged, and the kernel still enforces the registration:
+/// foreign binds are refused and the address that was to be revoked still works.
+fn failed_removals_change_nothing() {
+    // failpoint, and whether `ip rm` fails under it too
+    for (failpoint, ip_rm_fails) in [
+        ("state.save", true),
+        ("datapath.unregister", false),
+        ("datapath.revoke", true),
+    ] {
+        let mut w = World::new("fail");
+        let web = w.container("web", &["192.0.2.10", "192.0.2.11"], &[]);
+        w.agent.stop(Signal::SIGTERM);
+        w.agent
+            .start_with_env(&[], &[("NETISO_FAILPOINTS", failpoint)]);
+        assert!(
+            w.agent.log_text().contains("will fail on purpose"),
+            "the agent must warn that failpoints are set"
+        );
+        let before = state_json(&w.agent.state_dir);
+        let check = |what: &str| {
+            assert_eq!(
+                state_json(&w.agent.state_dir),
+                before,
+                "{failpoint}, {what}: state"
+            );
+            assert_eq!(listed(&w).len(), 1, "{failpoint}, {what}: registry");
+            assert_refused(&w, &web);
+            let own = probe_last(&w.ns, &web, &["socket tcp4", "bind 192.0.2.11:7001"]);
+            assert_eq!(
+                own.addr(),
+                "192.0.2.11:7001",
+                "{failpoint}, {what}: owned address"
+            );
+        };
+        let rm = w.agent.cli(&["container", "rm", "web"]);
+        assert_eq!(rm.code, 1, "{failpoint}: container rm must fail: {rm:?}");
+        assert!(rm.stderr.contains("nothing was changed"), "{rm:?}");
+        check("container rm");
+        let ip_rm = w.agent.cli(&["container", "ip", "rm", "web", "192.0.2.11"]);
+        if ip_rm_fails {
+            assert_eq!(ip_rm.code, 1, "{failpoint}: ip rm must fail: {ip_rm:?}");
+            assert!(ip_rm.stderr.contains("nothing was changed"), "{ip_rm:?}");
+            check("ip rm");
+        } else {
+            assert_eq!(ip_rm.code, 0, "{failpoint}: ip rm must succeed: {ip_rm:?}");
+        }
+    }
+}
+
 netiso_testkit::privileged_tests![
+    failed_removals_change_nothing,
     restart_after_sigterm_keeps_enforcing_and_adopts_state,
     restart_after_sigkill_adopts_pins_and_accepts_changes,
     state_file_and_counters_survive_restart,

@@ -789,7 +789,33 @@ fn run_with_invalid_name_leaves_no_cgroup() {
     assert!(!x.exists(), "run left {} behind", x.display());
 }
 
+/// `netiso … | head` ends quietly when the reader goes away: killed by SIGPIPE like any Unix
+/// tool, never a panic.
+fn closed_pipe_ends_quietly() {
+    let w = World::new("cli-pipe");
+    w.container("web", &["192.0.2.10"], &[]);
+    // A pipe whose read end is closed before netiso starts: its first write gets EPIPE.
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let out = netiso(&["--socket", w.agent.socket.to_str().unwrap()])
+        .args(["container", "show", "web"])
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("netiso");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}
+
 netiso_testkit::privileged_tests![
+    closed_pipe_ends_quietly,
     usage_errors_exit_2,
     refused_requests_exit_1_and_change_nothing,
     valid_changes_succeed,

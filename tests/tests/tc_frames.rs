@@ -382,7 +382,7 @@ fn ingress_attributes_frames_to_the_destination_owner() {
     // IPv4 options: IHL 6 to 15.
     for words in 1..=10 {
         judged_like_plain(&t, &format!("v4 IHL {}", 5 + words), &V4, |p| {
-            p.options = vec![1; words * 4] // NOPs
+            p.options = vec![1; words * 4]; // NOPs
         });
     }
     // IPv6 extension headers: hop-by-hop (0), routing (43), destination options (60),
@@ -395,13 +395,15 @@ fn ingress_attributes_frames_to_the_destination_owner() {
         vec![0, 43, 44, 60],
         vec![0, 60, 43, 44, 60, 60, 60],
     ] {
-        judged_like_plain(&t, &format!("v6 ext {ext:?}"), &V6, |p| p.ext = ext.clone());
+        judged_like_plain(&t, &format!("v6 ext {ext:?}"), &V6, |p| {
+            p.ext.clone_from(&ext);
+        });
     }
     // 802.1Q and QinQ (802.1ad outer tag).
     for f in FAMILIES {
         for vlans in 1..=2 {
             judged_like_plain(&t, &format!("{} {vlans} VLAN tags", f.name), f, |p| {
-                p.vlans = vlans
+                p.vlans = vlans;
             });
         }
         let mut p = syn(f.host, f.b);
@@ -430,7 +432,8 @@ fn ingress_attributes_frames_to_the_destination_owner() {
         DROP,
         one("b", "policy_dropped"),
     );
-    for off in [0x2000 | 185, 185] {
+    // More fragments (0x2000) at offset 185, and the last fragment at 185.
+    for off in [0x2000 + 185, 185] {
         let p = frag4(off);
         t.ingress(
             &format!("v4 later fragment {off:#x}"),
@@ -742,11 +745,11 @@ fn ingress_enforces_the_policy_between_containers() {
                 &p.build(),
                 DROP,
                 one("b", "policy_dropped"),
-            )
+            );
         };
         let admitted = |what: &str, p: Packet, owner: &'static str| {
             let p = p.build();
-            t.ingress(&format!("{v} {what}"), &p, NEXT, rx(owner, &p))
+            t.ingress(&format!("{v} {what}"), &p, NEXT, rx(owner, &p));
         };
         // b is isolated: flows from other containers may not start...
         refused("SYN a -> b", syn(f.a, f.b));

@@ -88,11 +88,10 @@ fn rust_src() -> Result<String> {
 }
 
 fn cargo_home() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        })
+    std::env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        PathBuf::from,
+    )
 }
 
 /// bpf-linker must link against the same LLVM as the nightly that compiles the eBPF crate,
@@ -114,7 +113,11 @@ fn bpf_linker() -> Result<String> {
     let lib = fs::read_dir(&libdir)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .find(|n| {
+            n.starts_with("libLLVM.so.")
+                || (n.starts_with("libLLVM-")
+                    && Path::new(n).extension().is_some_and(|e| e == "so"))
+        })
         .ok_or_else(|| {
             anyhow!(
                 "no libLLVM in {}; is the nightly complete?",
@@ -151,14 +154,11 @@ fn bpf_linker() -> Result<String> {
     Ok(format!("installed ({})", v.trim()))
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 fn bpffs() -> Result<String> {
-    let is_bpf = |p: &str| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-            .unwrap_or(false)
-    };
+    let is_bpf =
+        |p: &str| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if is_bpf("/sys/fs/bpf") {
         return Ok("mounted at /sys/fs/bpf".into());
     }

@@ -290,8 +290,7 @@ fn tour() -> Result<()> {
         "  inside web-a: bind(192.0.2.20:9090) -> {}",
         v["errno"]
             .as_str()
-            .map(|e| format!("refused with {e}"))
-            .unwrap_or_else(|| format!("{v}"))
+            .map_or_else(|| format!("{v}"), |e| format!("refused with {e}"))
     );
 
     say("Outgoing connections leave from the container's own address");

@@ -58,7 +58,7 @@ struct Probe {
 
 impl Probe {
     fn fd(&self) -> Result<RawFd, Errno> {
-        self.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Errno::EBADF)
+        self.fd.as_ref().map(AsRawFd::as_raw_fd).ok_or(Errno::EBADF)
     }
 
     fn socket(&mut self, kind: &str) -> Result<Option<String>, Errno> {
@@ -92,8 +92,8 @@ impl Probe {
                     fd,
                     libc::SOL_SOCKET,
                     opt,
-                    &tv as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
+                    (&raw const tv).cast::<libc::c_void>(),
+                    size_of::<libc::timeval>() as u32,
                 )
             };
         }
@@ -103,7 +103,7 @@ impl Probe {
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_REUSEADDR,
-                &one as *const _ as *const libc::c_void,
+                (&raw const one).cast::<libc::c_void>(),
                 4,
             )
         };
@@ -124,8 +124,8 @@ impl Probe {
                     self.fd()?,
                     libc::SOL_SOCKET,
                     opt,
-                    &tv as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
+                    (&raw const tv).cast::<libc::c_void>(),
+                    size_of::<libc::timeval>() as u32,
                 )
             })?;
         }
@@ -161,7 +161,7 @@ impl Probe {
     fn setsockopt_int(&self, level: i32, name: i32, v: i32) -> Result<Option<String>, Errno> {
         let fd = self.fd()?;
         check(unsafe {
-            libc::setsockopt(fd, level, name, &v as *const _ as *const libc::c_void, 4)
+            libc::setsockopt(fd, level, name, (&raw const v).cast::<libc::c_void>(), 4)
         })?;
         Ok(None)
     }
@@ -185,8 +185,8 @@ impl Probe {
         check(unsafe {
             libc::bind(
                 self.fd()?,
-                &sin as *const _ as *const libc::sockaddr,
-                std::mem::size_of_val(&sin) as u32,
+                (&raw const sin).cast::<libc::sockaddr>(),
+                size_of_val(&sin) as u32,
             )
         })?;
         self.name()
@@ -244,14 +244,14 @@ impl Probe {
         let sa = SockaddrStorage::from(parse(addr)?);
         let mut buf = *b"probe";
         let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
             iov_len: buf.len(),
         };
         let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
-        for m in msgs.iter_mut() {
+        for m in &mut msgs {
             m.msg_hdr.msg_name = sa.as_ptr() as *mut libc::c_void;
             m.msg_hdr.msg_namelen = sa.len();
-            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iov = &raw mut iov;
             m.msg_hdr.msg_iovlen = 1;
         }
         let n = check(unsafe { libc::sendmmsg(self.fd()?, msgs.as_mut_ptr(), 2, 0) })?;
@@ -277,8 +277,8 @@ impl Probe {
                 self.fd()?,
                 libc::IPPROTO_IPV6,
                 libc::IPV6_PKTINFO,
-                &pi as *const _ as *const libc::c_void,
-                std::mem::size_of_val(&pi) as u32,
+                (&raw const pi).cast::<libc::c_void>(),
+                size_of_val(&pi) as u32,
             )
         })?;
         Ok(None)
@@ -323,11 +323,11 @@ fn packet_send(iface: &str, hex: &str) -> Result<Option<String>, Errno> {
     let n = check(unsafe {
         libc::sendto(
             fd,
-            frame.as_ptr() as *const libc::c_void,
+            frame.as_ptr().cast::<libc::c_void>(),
             frame.len(),
             0,
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of_val(&sll) as u32,
+            (&raw const sll).cast::<libc::sockaddr>(),
+            size_of_val(&sll) as u32,
         ) as libc::c_int
     })?;
     Ok(Some(n.to_string()))
@@ -372,7 +372,7 @@ fn main() {
         let r = match op {
             "socket" => arg(0).and_then(|k| p.socket(k)),
             "v6only" => arg(0).and_then(|v| {
-                p.setsockopt_int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (v == "1") as i32)
+                p.setsockopt_int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v == "1"))
             }),
             "bind" => arg(0).and_then(|a| p.bind(a)),
             "bind-unspec" => arg(0).and_then(|a| p.bind_unspec(a)),
@@ -395,7 +395,7 @@ fn main() {
             // Moves this process (and so the socket's user) to another cgroup mid-script.
             "join-cgroup" => arg(0).and_then(|d| {
                 join_cgroup(d)
-                    .map(|_| None)
+                    .map(|()| None)
                     .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
             }),
             "wait" => {

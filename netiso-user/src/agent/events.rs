@@ -32,8 +32,7 @@ impl EventLog {
         self.last += 1;
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_millis() as u64);
         if self.events.len() == CAPACITY {
             self.events.pop_front();
         }
@@ -102,13 +101,15 @@ pub async fn read(rb: RingBuf<MapData>, log: Arc<Mutex<EventLog>>) -> std::io::R
         let rb = guard.get_inner_mut();
         let mut batch = Vec::new();
         while let Some(item) = rb.next() {
-            if item.len() >= std::mem::size_of::<Event>() {
+            if item.len() >= size_of::<Event>() {
                 // SAFETY: the kernel side writes whole `Event`s; read_unaligned copies one out.
-                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             }
         }
         guard.clear_ready();
-        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ev in batch {
             log.push(ev);
         }

@@ -34,7 +34,9 @@ pub struct Shared {
 impl Shared {
     fn service(&self) -> MutexGuard<'_, Service> {
         // A panicking handler leaves consistent data (every change is committed at its end).
-        self.service.lock().unwrap_or_else(|p| p.into_inner())
+        self.service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -143,7 +145,10 @@ struct After {
 
 async fn events(State(s): State<Shared>, Query(q): Query<After>) -> Json<EventsPage> {
     let names = s.service().names();
-    let log = s.events.lock().unwrap_or_else(|p| p.into_inner());
+    let log = s
+        .events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Json(EventsPage {
         events: log.after(q.after, &names),
         last: log.last(),

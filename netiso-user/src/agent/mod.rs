@@ -1,6 +1,7 @@
 //! `netiso agent`: loads and pins the datapath, adopts earlier state, serves the API.
 mod events;
 mod http;
+pub mod kernel;
 pub mod service;
 
 use std::{
@@ -86,6 +87,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
             failpoints.join(", ")
         );
     }
+    kernel::check()?;
     let (mount, root) = resolve_root(&opts)?;
     let state = State::load(&opts.state_dir)?;
     if let Some(prev) = &state.cgroup_root {
@@ -124,6 +126,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.state_dir.display(),
         opts.socket.display()
     );
+    crate::failpoint::arm();
     let ring = service.take_events();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

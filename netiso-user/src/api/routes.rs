@@ -85,11 +85,12 @@ impl Route {
 /// Percent-encodes everything but RFC 3986's unreserved characters (and ':', which IPv6
 /// addresses need and paths allow).
 fn encode(value: &str, out: &mut String) {
+    use std::fmt::Write;
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
 }

@@ -31,9 +31,7 @@ fn print(ifaces: &[IfaceInfo], json: bool) {
             vec![
                 i.name.clone(),
                 i.state.to_string(),
-                i.ifindex
-                    .map(|x| x.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                i.ifindex.map_or_else(|| "-".into(), |x| x.to_string()),
             ]
         })
         .collect();

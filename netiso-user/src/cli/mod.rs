@@ -194,6 +194,12 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
+    if !matches!(cli.command, Command::Agent(_)) {
+        // A CLI writing into a closed pipe (`netiso container ls | head`) should end quietly,
+        // as every Unix tool does; Rust ignores SIGPIPE and would panic on the failed write.
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let default_level = if matches!(cli.command, Command::Agent(_)) {
         "info"
     } else {

@@ -82,7 +82,7 @@ fn spawn_and_wait(cg: &std::path::Path, command: &[String]) -> CmdResult {
     cmd.args(&command[1..]);
     // SAFETY: only write(2) on an already open fd happens between fork and exec.
     unsafe {
-        cmd.pre_exec(move || join.write_all(b"0").map(|_| ()));
+        cmd.pre_exec(move || join.write_all(b"0"));
     }
     let mut child = cmd
         .spawn()

@@ -28,7 +28,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
             libc::SYS_bpf,
             cmd,
             attr.as_mut_ptr(),
-            std::mem::size_of::<Attr>() as libc::c_uint,
+            size_of::<Attr>() as libc::c_uint,
         )
     };
     if rc < 0 {
@@ -97,7 +97,7 @@ pub fn tcx_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
     //   struct { u32 ifindex; u32 attach_type; } tcx; ... }
     let mut info = [0u64; 32];
     let mut attr = Attr::default();
-    attr[0] = u64::from(link.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[0] = u64::from(link.as_raw_fd() as u32) | ((size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok((info[2] & 0xffff_ffff) as u32)

@@ -55,7 +55,7 @@ fn classifier<'a>(
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name)
         .ok_or(ProgramError::UnexpectedProgramType)
-        .and_then(|p| p.try_into())
+        .and_then(TryInto::try_into)
         .map_err(program_err(name))
 }
 
