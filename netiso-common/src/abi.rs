@@ -94,6 +94,9 @@ pub mod config {
     pub const MIN_LEVEL: u32 = 1;
     /// Deepest cgroup level at which a container is registered; 0 when none is registered.
     pub const MAX_LEVEL: u32 = 2;
+    /// Written by the agent only, never read by the programs: which state store the maps
+    /// follow, so an agent can tell pins made with its store from pins whose store was lost.
+    pub const STORE_ID: u32 = 3;
     pub const LEN: u32 = 4;
 }
 
@@ -186,6 +189,8 @@ pub mod maps {
     pub const POLICY: &str = "POLICY";
     pub const IDS: &str = "IDS";
     pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU count of events the ring buffer had no room for.
+    pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
 }
 
 #[cfg(feature = "user")]

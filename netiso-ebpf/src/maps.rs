@@ -5,7 +5,7 @@
 //! what the decision was made on.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netiso_common::{
     config, Container, ContainerId, Counters, Event, Ip4, Ip6, PolicyKey, EVENTS_BYTES,
@@ -42,6 +42,9 @@ static COUNTERS: PerCpuHashMap<ContainerId, Counters> =
 /// falls behind, events are lost; the counters stay exact.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+/// Events the ring buffer had no room for (one per-CPU slot), for the agent's metrics.
+#[map(name = "EVENTS_DROPPED")]
+static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 /// A global switch (`netiso_common::config`); 0 when unset.
 #[inline(always)]
@@ -104,8 +107,21 @@ pub fn count(id: ContainerId, index: usize, bytes: Option<(usize, u64)>) {
     }
 }
 
-/// Sends an event to the agent (dropped silently when the ring buffer is full).
+/// Sends an event to the agent, written in place in the ring buffer (no copy on the stack,
+/// which is nearly full in the packet programs); when the buffer has no room the event is
+/// dropped and counted in `EVENTS_DROPPED`.
 #[inline(always)]
-pub fn emit(ev: &Event) {
-    let _ = EVENTS.output::<Event>(ev, 0);
+pub fn emit(ev: impl FnOnce() -> Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(ev());
+            entry.submit(0);
+        }
+        None => {
+            if let Some(n) = EVENTS_DROPPED.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; no other writer runs concurrently on it.
+                unsafe { *n += 1 };
+            }
+        }
+    }
 }

@@ -28,7 +28,7 @@ impl Subject {
 
 #[inline(always)]
 fn emit(c: &Container, kind: usize, errno: i32, subject: Subject) {
-    maps::emit(&Event {
+    maps::emit(|| Event {
         // SAFETY: a plain helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         container: c.id,

@@ -95,6 +95,42 @@ pub fn resolve(mount: &Path, root: &Path, path: &Path) -> Result<Cgroup, CgroupE
     })
 }
 
+/// Whether the cgroup with id `id` still exists at `path`. cgroup v2 directories cannot be
+/// renamed and ids are not reused, so a cgroup lives at one path for its whole life: when the
+/// path is gone or holds another id, the cgroup is gone.
+pub fn exists(path: &Path, id: u64) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.ino() == id)
+}
+
+/// Every cgroup at or below `root`: id -> path (one walk of the tree).
+pub fn index_ids(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
+    let mut out = std::collections::HashMap::new();
+    walk(root, &mut |p, id| {
+        out.insert(id, p.to_owned());
+    });
+    out
+}
+
+/// The ids of `root` and every cgroup below it (empty when `root` is gone).
+pub fn subtree_ids(root: &Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    walk(root, &mut |_, id| out.push(id));
+    out
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
+    let Ok(meta) = fs::metadata(dir) else { return };
+    f(dir, meta.ino());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&e.path(), f);
+        }
+    }
+}
+
 /// Creates `path` (and missing parents).
 pub fn create(path: &Path) -> Result<(), CgroupError> {
     fs::create_dir_all(path).map_err(io_err("creating cgroup", path))

@@ -14,8 +14,8 @@ use thiserror::Error;
 
 use crate::api::{
     routes::{self, Method, Route},
-    AddContainer, AddIp, ContainerInfo, ErrorBody, EventsPage, IfaceInfo, Mode, PolicyRule,
-    SetMode, Status,
+    AddContainer, AddIp, ContainerInfo, ErrorBody, EventsPage, IfaceInfo, Mode, MoveIp, Moved,
+    PolicyRule, SetMode, Status,
 };
 
 #[derive(Debug, Error)]
@@ -69,6 +69,10 @@ impl Client {
     pub fn add_container(&self, req: &AddContainer) -> Result<ContainerInfo> {
         self.call(routes::ADD_CONTAINER, &[], Some(req))
     }
+    /// Registers a batch of containers, all or none.
+    pub fn add_containers(&self, reqs: &[AddContainer]) -> Result<Vec<ContainerInfo>> {
+        self.call(routes::ADD_CONTAINER, &[], Some(&reqs))
+    }
     pub fn container(&self, name: &str) -> Result<ContainerInfo> {
         self.call(routes::SHOW_CONTAINER, &[name], None::<&()>)
     }
@@ -83,6 +87,19 @@ impl Client {
     }
     pub fn remove_ip(&self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
         self.call(routes::REMOVE_IP, &[name, &ip.to_string()], None::<&()>)
+    }
+    /// Moves `ip` from container `from` to container `to` in one step.
+    pub fn move_ip(&self, ip: IpAddr, from: &str, to: &str) -> Result<Moved> {
+        let body = MoveIp {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        self.call(routes::MOVE_IP, &[&ip.to_string()], Some(&body))
+    }
+    /// The Prometheus metrics text.
+    pub fn metrics(&self) -> Result<String> {
+        let b = self.send(routes::METRICS, &[], None)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
     }
     pub fn rules(&self) -> Result<Vec<PolicyRule>> {
         self.call(routes::LIST_RULES, &[], None::<&()>)

@@ -1,7 +1,8 @@
 //! netiso user space: the agent, the CLI and the loader of the eBPF datapath.
 //!
 //! Layers depend one way: `cli` -> `client` -> `api` (the wire); `agent` (HTTP and the
-//! service) -> `state` and `datapath`; `datapath` knows neither the API nor the state file.
+//! service) -> `registry`, `store` and `datapath`; `datapath` knows neither the API nor the
+//! store. `state` only reads the JSON state file of older versions, for the import.
 pub mod agent;
 pub mod api;
 pub mod cgroup;
@@ -9,5 +10,8 @@ pub mod cli;
 pub mod client;
 pub mod datapath;
 pub mod failpoint;
+pub mod registry;
+pub mod sockets;
 pub mod state;
+pub mod store;
 mod sys;

@@ -1,9 +1,9 @@
-//! The agent's persistent state: what is registered, written atomically so a crash at any
-//! point leaves either the old or the new file.
+//! The JSON state file of netiso before the store (`state.json`): read once, when an agent
+//! finds it and no store, and imported into the store (see `agent::start`). Nothing writes
+//! it any more.
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{self, Write},
+    fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -11,7 +11,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::api::Mode;
+use crate::{
+    api::Mode,
+    registry::{loopback_of_slot, ContainerSpec as RegSpec, Registry},
+};
 
 pub const STATE_FILE: &str = "state.json";
 const STATE_VERSION: u32 = 1;
@@ -27,8 +30,8 @@ pub enum StateError {
     },
     #[error("state {path} has version {found}, this netiso understands {STATE_VERSION}")]
     Version { path: PathBuf, found: u32 },
-    #[error("writing state {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("state {path} cannot be imported: {what}; fix or remove it")]
+    Invalid { path: PathBuf, what: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,12 +86,13 @@ impl Default for State {
 }
 
 impl State {
-    /// Loads the state in `dir`, or the empty state when there is none yet.
-    pub fn load(dir: &Path) -> Result<State, StateError> {
+    /// Loads the old state file in `dir`; None when there is none (a dangling symbolic link
+    /// counts as none: the store, not this file, decides what is lost).
+    pub fn load(dir: &Path) -> Result<Option<State>, StateError> {
         let path = dir.join(STATE_FILE);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Read { path, source }),
         };
         let state: State = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
@@ -101,36 +105,70 @@ impl State {
                 found: state.version,
             });
         }
-        Ok(state)
+        Ok(Some(state))
     }
 
-    /// Writes the state to `dir` atomically: temp file, fsync, rename, fsync the directory.
-    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = dir.join(STATE_FILE);
-        let err = |source| StateError::Write {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        crate::failpoint::hit("state.save").map_err(err)?;
-        let json = serde_json::to_vec_pretty(self).expect("state serializes");
-        let mut f = fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&json).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        fs::rename(&tmp, &path).map_err(err)?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        Ok(())
-    }
-
-    /// The container owning `ip`, if any.
-    pub fn owner_of(&self, ip: &IpAddr) -> Option<&str> {
-        self.containers
+    /// The registry this state describes, and the corrections made on the way (each worth a
+    /// log line). Old state files derived each private loopback from the container id
+    /// (127.128.0.0 + (id & 0x7fffff)), so after 2^23 registrations two containers could
+    /// share one: the first keeps its address, later ones get a free one.
+    pub fn into_registry(self) -> Result<(Registry, Vec<String>), StateError> {
+        let mut notes = Vec::new();
+        let mut reg = Registry::new();
+        reg.enabled = self.enabled;
+        reg.cgroup_root = self.cgroup_root;
+        reg.next_id = self.next_id.max(1);
+        reg.ifaces = self.ifaces.into_iter().collect();
+        let mut by_id: Vec<(String, ContainerSpec)> = self.containers.into_iter().collect();
+        by_id.sort_by_key(|(_, c)| c.id);
+        for (name, c) in by_id {
+            let legacy = loopback_of_slot(c.id & 0x007f_ffff);
+            let taken = reg.iter().any(|o| o.loopback == legacy);
+            let loopback = if taken || crate::registry::loopback_slot(legacy).is_none() {
+                let a = reg.allocate_loopback();
+                notes.push(format!(
+                    "container {name}: its loopback {legacy} is already another container's; it gets {a}"
+                ));
+                a
+            } else {
+                legacy
+            };
+            let spec = RegSpec {
+                id: c.id,
+                name: name.clone(),
+                cgroup: c.cgroup,
+                cgroup_id: c.cgroup_id,
+                cgroup_level: c.cgroup_level,
+                ips: c.ips,
+                loopback,
+                mode: c.mode,
+                allow_raw: c.allow_raw,
+                isolated: c.isolated,
+            };
+            reg.insert(spec).map_err(|clash| StateError::Invalid {
+                path: PathBuf::from(STATE_FILE),
+                what: format!("container {name}: {clash}"),
+            })?;
+        }
+        // The loopback cursor starts after the highest slot in use.
+        reg.next_loopback = reg
             .iter()
-            .find(|(_, c)| c.ips.contains(ip))
-            .map(|(n, _)| n.as_str())
+            .filter_map(|c| crate::registry::loopback_slot(c.loopback))
+            .max()
+            .map_or(1, |s| s + 1);
+        for r in self.rules {
+            match (reg.by_name(&r.from), reg.by_name(&r.to)) {
+                (Some(f), Some(t)) => {
+                    let (f, t) = (f.id, t.id);
+                    reg.set_rule(f, t, r.allow);
+                }
+                _ => notes.push(format!(
+                    "dropping the rule {} -> {}: it names an unknown container",
+                    r.from, r.to
+                )),
+            }
+        }
+        Ok((reg, notes))
     }
 }
 
@@ -138,36 +176,59 @@ impl State {
 mod tests {
     use super::*;
 
-    #[test]
-    fn save_then_load_round_trips_and_leaves_no_temp_file() {
-        let dir = std::env::temp_dir().join(format!("netiso-state-{}", std::process::id()));
-        let mut s = State::default();
-        s.containers.insert(
-            "web".into(),
-            ContainerSpec {
-                id: 1,
-                cgroup: "/sys/fs/cgroup/web".into(),
-                cgroup_id: 42,
-                cgroup_level: 1,
-                ips: vec!["192.0.2.1".parse().unwrap()],
-                mode: Mode::Audit,
-                allow_raw: false,
-                isolated: true,
-            },
-        );
-        s.ifaces = vec!["eth0.100".into(), "lo".into()];
-        s.save(&dir).unwrap();
-        assert_eq!(State::load(&dir).unwrap(), s);
-        assert!(!dir.join(format!(".{STATE_FILE}.tmp")).exists());
-        assert_eq!(s.owner_of(&"192.0.2.1".parse().unwrap()), Some("web"));
-        fs::remove_dir_all(&dir).unwrap();
+    fn spec(id: u32, path: &str, ip: &str) -> ContainerSpec {
+        ContainerSpec {
+            id,
+            cgroup: path.into(),
+            cgroup_id: 40 + u64::from(id),
+            cgroup_level: 1,
+            ips: vec![ip.parse().unwrap()],
+            mode: Mode::Audit,
+            allow_raw: false,
+            isolated: true,
+        }
     }
 
     #[test]
-    fn missing_state_is_empty_and_corrupt_state_is_an_error() {
+    fn old_state_is_imported_with_unique_loopbacks() {
+        let mut s = State::default();
+        s.containers
+            .insert("old".into(), spec(1, "/sys/fs/cgroup/old", "192.0.2.1"));
+        // Registered after 2^23 others: id & 0x7fffff collides with "old".
+        s.containers.insert(
+            "new".into(),
+            spec(0x80_0001, "/sys/fs/cgroup/new", "192.0.2.2"),
+        );
+        s.next_id = 0x80_0002;
+        s.rules.push(Rule {
+            from: "new".into(),
+            to: "old".into(),
+            allow: false,
+        });
+        s.rules.push(Rule {
+            from: "gone".into(),
+            to: "old".into(),
+            allow: true,
+        });
+        let (reg, notes) = s.into_registry().unwrap();
+        let old = reg.by_name("old").unwrap();
+        let new = reg.by_name("new").unwrap();
+        assert_eq!(old.loopback, loopback_of_slot(1));
+        assert_ne!(new.loopback, old.loopback);
+        assert_eq!(reg.rule(new.id, old.id), Some(false));
+        assert_eq!(reg.rule_count(), 1);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!(reg.next_id, 0x80_0002);
+    }
+
+    #[test]
+    fn missing_state_is_none_and_corrupt_state_is_an_error() {
         let dir = std::env::temp_dir().join(format!("netiso-state-c-{}", std::process::id()));
-        assert_eq!(State::load(&dir).unwrap(), State::default());
+        assert!(State::load(&dir).unwrap().is_none());
         fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(dir.join("nowhere"), dir.join(STATE_FILE)).unwrap();
+        assert!(State::load(&dir).unwrap().is_none(), "dangling link");
+        fs::remove_file(dir.join(STATE_FILE)).unwrap();
         fs::write(dir.join(STATE_FILE), "{not json").unwrap();
         assert!(matches!(State::load(&dir), Err(StateError::Corrupt { .. })));
         fs::remove_dir_all(&dir).unwrap();

@@ -54,12 +54,19 @@ fn listed(w: &World) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The registry in the agent's state store, as JSON (containers by name).
 fn state_json(dir: &Path) -> serde_json::Value {
-    let path = dir.join("state.json");
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()))
+    let mut v = netiso_user::store::Store::dump(dir)
+        .unwrap_or_else(|e| panic!("reading the store in {}: {e}", dir.display()))
+        .unwrap_or_else(|| panic!("no state in {}", dir.display()));
+    let by_name: serde_json::Map<String, serde_json::Value> = v["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_owned(), c.clone()))
+        .collect();
+    v["containers"] = serde_json::Value::Object(by_name);
+    v
 }
 
 /// Runs `cmd` to completion with stdout/stderr captured; kills it and fails after `timeout`.
@@ -215,7 +222,7 @@ fn state_file_and_counters_survive_restart() {
     w.agent.stop(Signal::SIGTERM);
     let st = state_json(&w.agent.state_dir);
     let web = &st["containers"]["web"];
-    assert!(web.is_object(), "state.json lacks container web: {st}");
+    assert!(web.is_object(), "the store lacks container web: {st}");
     assert_eq!(web["id"].as_u64(), Some(id));
     assert_eq!(
         web["ips"],
@@ -283,7 +290,7 @@ fn second_agent_on_same_pins_refuses_to_start() {
 fn cleanup_refused_while_running_then_detaches_everything() {
     let mut w = World::new("a-clean");
     let cg = w.container("web", &["192.0.2.10"], &[]);
-    let state_file = w.agent.state_dir.join("state.json");
+    let state_file = w.agent.state_dir.join("netiso.db");
     let before = listed(&w);
 
     let out = w.agent.cleanup();
@@ -414,7 +421,7 @@ fn agent_reads_config_file_and_rejects_unknown_keys() {
         "pins not under the configured bpffs"
     );
     assert!(
-        state_dir.join("state.json").exists(),
+        state_dir.join("netiso.db").exists(),
         "state not in the configured state dir"
     );
 

@@ -74,8 +74,9 @@ pub fn validate_iface(name: &str) -> Result<(), String> {
     }
 }
 
-/// POST /v1/containers
+/// POST /v1/containers (one object, or an array of them: a batch, registered all or none)
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddContainer {
     pub name: String,
     pub cgroup: PathBuf,
@@ -90,6 +91,7 @@ pub struct AddContainer {
 
 /// POST /v1/policy: may container `from` reach container `to`?
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     pub from: String,
     pub to: String,
@@ -105,14 +107,41 @@ pub enum PolicyAction {
 
 /// PUT /v1/containers/{name}/mode
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetMode {
     pub mode: Mode,
 }
 
 /// POST /v1/containers/{name}/ips
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddIp {
     pub ip: IpAddr,
+}
+
+/// POST /v1/ips/{ip}/move: move an owned address from one container to another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveIp {
+    pub from: String,
+    pub to: String,
+}
+
+/// The answer to a move: both containers after it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Moved {
+    pub ip: IpAddr,
+    pub from: ContainerInfo,
+    pub to: ContainerInfo,
+}
+
+/// The limits in force (flags capped by the capacity of the pinned maps) and their use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CapacityInfo {
+    pub containers: u32,
+    pub addresses: u32,
+    pub addresses_per_container: u32,
+    pub addresses_used: usize,
 }
 
 /// A registered container as the API shows it.
@@ -175,6 +204,9 @@ pub struct Status {
     /// Interfaces with the TC programs (see GET /v1/ifaces for their state).
     #[serde(default)]
     pub ifaces: Vec<String>,
+    /// Limits and their use (absent from older agents).
+    #[serde(default)]
+    pub capacity: Option<CapacityInfo>,
 }
 
 /// Whether the TC programs are on an interface.

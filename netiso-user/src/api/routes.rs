@@ -39,9 +39,12 @@ pub const EVENTS: Route = route(Get, "/v1/events");
 pub const LIST_IFACES: Route = route(Get, "/v1/ifaces");
 pub const ADD_IFACE: Route = route(Put, "/v1/ifaces/{name}");
 pub const REMOVE_IFACE: Route = route(Delete, "/v1/ifaces/{name}");
+pub const MOVE_IP: Route = route(Post, "/v1/ips/{ip}/move");
+/// Prometheus metrics (text format); also served on `--metrics-addr`.
+pub const METRICS: Route = route(Get, "/metrics");
 
 /// Every route, for documentation and tests.
-pub const ALL: [Route; 16] = [
+pub const ALL: [Route; 18] = [
     STATUS,
     ENABLE,
     DISABLE,
@@ -58,6 +61,8 @@ pub const ALL: [Route; 16] = [
     LIST_IFACES,
     ADD_IFACE,
     REMOVE_IFACE,
+    MOVE_IP,
+    METRICS,
 ];
 
 impl Route {

@@ -139,6 +139,15 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
             let c = client.remove_ip(name, *addr)?;
             print_one(&c, json);
         }
+        ContainerCmd::Ip(IpCmd::Move { addr, from, to }) => {
+            let m = client.move_ip(*addr, from, to)?;
+            if json {
+                output::json(&m);
+            } else {
+                println!("moved {addr} from {from} to {to}");
+                print_one(&m.to, false);
+            }
+        }
     }
     Ok(0)
 }

@@ -89,7 +89,8 @@ pub(crate) fn name_arg(s: &str) -> Result<String, String> {
 pub enum ContainerCmd {
     /// Register an existing cgroup (and all its descendants) as a container owning addresses.
     Add(ContainerAdd),
-    /// Unregister a container (its cgroup is left alone).
+    /// Unregister a container (its cgroup is left alone; sockets of it still using its
+    /// addresses are destroyed).
     Rm {
         #[arg(value_parser = name_arg)]
         name: String,
@@ -120,11 +121,23 @@ pub enum IpCmd {
         name: String,
         addr: IpAddr,
     },
-    /// Revoke ADDR from container NAME (not its last address).
+    /// Revoke ADDR from container NAME (not its last address). Sockets of NAME still using
+    /// ADDR are destroyed.
     Rm {
         #[arg(value_parser = name_arg)]
         name: String,
         addr: IpAddr,
+    },
+    /// Move ADDR from one container to another in one step: at no moment do both or neither
+    /// own it. Sockets of the first still using ADDR are destroyed.
+    Move {
+        addr: IpAddr,
+        /// The container that owns ADDR now (it keeps at least one address).
+        #[arg(long, value_parser = name_arg)]
+        from: String,
+        /// The container that gets it.
+        #[arg(long, value_parser = name_arg)]
+        to: String,
     },
 }
 

@@ -2,7 +2,10 @@
 //! adopted (program swapped atomically) by every later agent.
 use std::{
     fs,
-    os::fd::{AsFd, BorrowedFd},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::fs::MetadataExt,
+    },
     path::Path,
 };
 
@@ -13,9 +16,20 @@ use aya::{
     },
     Ebpf,
 };
-use log::info;
+use log::{error, info};
 
-use super::{io_err, link_err, pin_program, program_err, raw_bpf, DatapathError};
+use super::{io_err, link_err, pin_program, program_err, raw_bpf, Datapath, DatapathError};
+
+/// What [`Datapath::check_links`] found for one program's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Attached at the cgroup root, running this agent's program.
+    Attached,
+    /// It was not (pin gone, link detached, or another program in it): repaired now.
+    Repaired,
+    /// It was not, and repairing failed (the error was logged); the next check retries.
+    Broken,
+}
 
 /// Every program netiso attaches at the cgroup root: ELF function name and kernel attach type
 /// (enum bpf_attach_type), for the raw link calls.
@@ -125,4 +139,75 @@ fn attach(
     })?;
     info!("attached {name}, pinned at {}", pin.display());
     Ok(())
+}
+
+impl Datapath {
+    /// Checks that every cgroup program is still attached where it should be, running this
+    /// agent's program, and repairs what is not: a missing pin or a detached link gets a new
+    /// link, a link running another program gets this agent's back. Says so loudly.
+    pub fn check_links(&mut self) -> Vec<(&'static str, LinkState)> {
+        let links = self.bpffs.join("links");
+        let root_id = fs::metadata(&self.cgroup_root).map_or(0, |m| m.ino());
+        let mut out = Vec::new();
+        for (name, attach_type) in PROGRAMS {
+            let pin = links.join(name);
+            let state = match self.check_link(name, attach_type, &pin, root_id) {
+                Ok(None) => LinkState::Attached,
+                Ok(Some(why)) => {
+                    error!("program {name} was not attached at the cgroup root ({why}): re-attached it");
+                    LinkState::Repaired
+                }
+                Err(e) => {
+                    error!("program {name} is not attached at the cgroup root and re-attaching failed: {e}");
+                    LinkState::Broken
+                }
+            };
+            out.push((name, state));
+        }
+        out
+    }
+
+    /// None when the link is fine; otherwise repairs it and says what was wrong.
+    fn check_link(
+        &mut self,
+        name: &'static str,
+        attach_type: u32,
+        pin: &Path,
+        root_id: u64,
+    ) -> Result<Option<&'static str>, DatapathError> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
+        let prog_id = prog.info().map_err(program_err(name))?.id();
+        let why = match raw_bpf::obj_get(pin) {
+            Err(_) => "its pinned link is gone",
+            Ok(link) => match raw_bpf::cgroup_link(link.as_fd()) {
+                Ok((p, cg)) if p == prog_id && cg == root_id && cg != 0 => return Ok(None),
+                Ok((p, cg)) if cg == root_id && cg != 0 => {
+                    // Attached where it should be, running another program: swap ours back.
+                    let fd = prog.fd().map_err(program_err(name))?.as_fd();
+                    raw_bpf::link_update(link.as_fd(), fd)
+                        .map_err(io_err("updating pinned link", pin))?;
+                    let _ = p;
+                    return Ok(Some("its link ran another program"));
+                }
+                _ => "its link was detached",
+            },
+        };
+        match fs::remove_file(pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("unpinning", pin)(e))
+            }
+            _ => {}
+        }
+        let cgroup = fs::File::open(&self.cgroup_root)
+            .map_err(io_err("opening cgroup", &self.cgroup_root))?;
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
+        attach(name, prog, attach_type, &cgroup, pin)?;
+        Ok(Some(why))
+    }
 }

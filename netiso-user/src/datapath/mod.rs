@@ -14,7 +14,7 @@ mod tc;
 
 use std::{
     fs, io,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -25,13 +25,13 @@ use aya::{
 };
 use log::debug;
 use netiso_common::{
-    policy, Container, ContainerId, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_HAS_V4, FLAG_HAS_V6,
-    FLAG_ISOLATED,
+    Container, ContainerId, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_HAS_V4, FLAG_HAS_V6, FLAG_ISOLATED,
 };
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
-pub use attach::PROGRAMS;
+pub use attach::{LinkState, PROGRAMS};
+pub use maps::{Capacity, Snapshot};
 pub use tc::{IfaceStatus, TC_PROGRAMS};
 
 use crate::sys;
@@ -70,6 +70,14 @@ pub enum DatapathError {
         path: PathBuf,
         found: (u32, u32),
         expected: (u32, u32),
+    },
+    /// A map is full: its capacity (`--max-containers`, `--max-addresses`) is reached.
+    #[error("{what} is full ({capacity} entries, map {map}); raise {flag} (see README, Capacity)")]
+    Full {
+        map: &'static str,
+        what: &'static str,
+        flag: &'static str,
+        capacity: u32,
     },
     #[error("{what} {path}: {source}")]
     Io {
@@ -121,6 +129,8 @@ pub struct Entry {
     pub cgroup_level: u32,
     /// Owned addresses; the first of each family is the primary.
     pub ips: Vec<IpAddr>,
+    /// The private loopback address (127.0.0.1 inside the container maps to it).
+    pub loopback: Ipv4Addr,
     pub audit: bool,
     pub allow_raw: bool,
     pub isolated: bool,
@@ -135,7 +145,7 @@ impl Entry {
             flags: flag(self.audit, FLAG_AUDIT)
                 | flag(self.allow_raw, FLAG_ALLOW_RAW)
                 | flag(self.isolated, FLAG_ISOLATED),
-            lo4: policy::loopback_for(self.id),
+            lo4: self.loopback.into(),
             ..Container::default()
         };
         if let Some(v4) = self.ips.iter().find_map(|ip| match ip {
@@ -159,13 +169,21 @@ impl Entry {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs: PathBuf,
+    cgroup_root: PathBuf,
+    /// The capacities in force (those of pinned maps when they were adopted).
+    capacity: Capacity,
     _lock: PinLock,
 }
 
 impl Datapath {
     /// Loads the programs and attaches them at `cgroup_root`, or adopts the links a previous
-    /// agent pinned under `bpffs`.
-    pub fn open(bpffs: &Path, cgroup_root: &Path) -> Result<Datapath, DatapathError> {
+    /// agent pinned under `bpffs`. New maps get `capacity`; pinned maps keep theirs (see
+    /// [`Datapath::capacity`]).
+    pub fn open(
+        bpffs: &Path,
+        cgroup_root: &Path,
+        capacity: Capacity,
+    ) -> Result<Datapath, DatapathError> {
         let lock = PinLock::acquire(bpffs)?;
         let dirs = ["maps", "links", "progs"].map(|d| bpffs.join(d));
         for d in &dirs {
@@ -180,16 +198,25 @@ impl Datapath {
             debug!("raising RLIMIT_MEMLOCK failed ({e}); relying on memcg accounting");
         }
         maps::check_pinned(&dirs[0])?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dirs[0])
-            .load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&dirs[0]);
+        capacity.configure(&mut loader);
+        let mut ebpf = loader.load(OBJECT)?;
         attach::cgroup_programs(&mut ebpf, cgroup_root, &dirs[1], &dirs[2])?;
         tc::load(&mut ebpf, &dirs[2])?;
+        let capacity = maps::capacity_in_force(&ebpf)?;
         Ok(Datapath {
             ebpf,
             bpffs: bpffs.to_owned(),
+            cgroup_root: cgroup_root.to_owned(),
+            capacity,
             _lock: lock,
         })
+    }
+
+    /// The map capacities in force.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     /// Hands out the events ring buffer (once) for the agent's reader task.

@@ -90,15 +90,28 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
 }
 
-/// Gap: aya 0.14's `LinkInfo` has no TCX fields. The interface a TCX link is attached to;
-/// 0 once that interface is gone (the link is then defunct).
-pub fn tcx_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
-    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; (8-aligned union)
-    //   struct { u32 ifindex; u32 attach_type; } tcx; ... }
+/// `struct bpf_link_info` as 64-bit words: word 0 = type | id << 32, word 1 = prog_id, then
+/// the per-type union from word 2.
+fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 32]> {
     let mut info = [0u64; 32];
     let mut attr = Attr::default();
     attr[0] = u64::from(link.as_raw_fd() as u32) | ((size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok((info[2] & 0xffff_ffff) as u32)
+    Ok(info)
+}
+
+/// Gap: aya 0.14's `LinkInfo` has no TCX fields. The interface a TCX link is attached to;
+/// 0 once that interface is gone (the link is then defunct).
+pub fn tcx_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    // union member: struct { u32 ifindex; u32 attach_type; } tcx
+    Ok((link_info(link)?[2] & 0xffff_ffff) as u32)
+}
+
+/// Gap: aya 0.14's `LinkInfo` has no cgroup fields. The program a cgroup link runs and the
+/// cgroup it is attached to; the cgroup id is 0 once the link was detached (defunct).
+pub fn cgroup_link(link: BorrowedFd<'_>) -> io::Result<(u32, u64)> {
+    // union member: struct { u64 cgroup_id; u32 attach_type; } cgroup
+    let info = link_info(link)?;
+    Ok(((info[1] & 0xffff_ffff) as u32, info[2]))
 }

@@ -187,6 +187,25 @@ impl Datapath {
         }
     }
 
+    /// The interfaces with pinned TC links (what an agent whose state was lost finds).
+    pub fn pinned_ifaces(&self) -> Vec<String> {
+        let dir = self.bpffs.join("links");
+        let mut out: Vec<String> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(PIN_PREFIX)
+                    .and_then(|rest| rest.split_once('@'))
+                    .map(|(_, i)| decode(i))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Removes the TC links of interfaces not in `keep` (left by an agent whose state was lost).
     pub fn prune_ifaces(&self, keep: &[String]) -> Result<(), DatapathError> {
         let dir = self.bpffs.join("links");

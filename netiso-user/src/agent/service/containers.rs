@@ -1,24 +1,35 @@
-//! Containers: register, list, change mode and addresses, unregister.
-use std::{collections::BTreeMap, collections::BTreeSet, net::IpAddr};
+//! Containers: register (one or a batch), list, change mode and addresses, move an address,
+//! unregister, and release the ones whose cgroup disappeared.
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
 
-use log::info;
-use netiso_common::{counter, policy, ContainerId};
+use log::{info, warn};
+use netiso_common::{counter, ContainerId};
 
-use super::{entry, rule_ids, Result, Service, ServiceError};
+use super::{entry, Result, Service, ServiceError};
 use crate::{
     api::{AddContainer, ContainerInfo, Mode},
     cgroup,
-    state::ContainerSpec,
+    registry::{ContainerSpec, LOOPBACK_SLOTS},
+    sockets,
+    store::Op,
 };
 
 impl Service {
     pub fn list(&mut self) -> Result<Vec<ContainerInfo>> {
-        let names: Vec<String> = self.state.containers.keys().cloned().collect();
-        names.iter().map(|n| self.show(n)).collect()
+        let ids: Vec<u32> = self.reg.iter().map(|c| c.id).collect();
+        ids.into_iter().map(|id| self.info(id)).collect()
     }
 
     pub fn show(&mut self, name: &str) -> Result<ContainerInfo> {
-        let spec = self.spec(name)?.clone();
+        let id = self.spec(name)?.id;
+        self.info(id)
+    }
+
+    fn info(&mut self, id: u32) -> Result<ContainerInfo> {
+        let spec = self.reg.get(id).expect("a registered id").clone();
         let values = self.datapath.counters(ContainerId(spec.id))?;
         let counters: BTreeMap<String, u64> = counter::NAMES
             .iter()
@@ -26,14 +37,13 @@ impl Service {
             .map(|(k, v)| ((*k).to_owned(), v))
             .collect();
         Ok(ContainerInfo {
-            name: name.to_owned(),
+            cgroup_present: cgroup::exists(&spec.cgroup, spec.cgroup_id),
+            name: spec.name,
             id: spec.id,
-            cgroup_present: cgroup::resolve(&self.mount, &self.root, &spec.cgroup)
-                .is_ok_and(|c| c.id == spec.cgroup_id),
             cgroup: spec.cgroup,
             cgroup_id: spec.cgroup_id,
             ips: spec.ips,
-            loopback: IpAddr::V4(policy::loopback_for(ContainerId(spec.id)).into()),
+            loopback: IpAddr::V4(spec.loopback),
             mode: spec.mode,
             allow_raw: spec.allow_raw,
             isolated: spec.isolated,
@@ -43,122 +53,304 @@ impl Service {
 
     fn check_ip_free(&self, ip: &IpAddr, except: Option<&str>) -> Result<()> {
         validate_ip(ip)?;
-        match self.state.owner_of(ip) {
-            Some(owner) if Some(owner) != except => Err(ServiceError::Conflict(format!(
-                "address {ip} is already owned by container {owner:?}"
-            ))),
+        match self.reg.owner(ip) {
+            Some(owner) if Some(owner.name.as_str()) != except => {
+                Err(ServiceError::Conflict(format!(
+                    "address {ip} is already owned by container {:?}",
+                    owner.name
+                )))
+            }
             Some(owner) => Err(ServiceError::Conflict(format!(
-                "container {owner:?} already owns {ip}"
+                "container {:?} already owns {ip}",
+                owner.name
             ))),
             None => Ok(()),
         }
     }
 
-    pub fn add(&mut self, req: AddContainer) -> Result<ContainerInfo> {
+    /// Checks an address list: bounded first (before any work proportional to it), then
+    /// each address and duplicates in O(n log n).
+    fn check_ips(&self, ips: &[IpAddr]) -> Result<()> {
+        let max = self.limits.addresses_per_container as usize;
+        if ips.len() > max {
+            return Err(ServiceError::Full(format!(
+                "{} addresses is more than a container may own (--max-addresses-per-container {max})",
+                ips.len()
+            )));
+        }
+        if ips.is_empty() {
+            return Err(ServiceError::Invalid(
+                "a container needs at least one address (--ip)".into(),
+            ));
+        }
+        let mut sorted = ips.to_vec();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ServiceError::Invalid(format!(
+                "address {} is given twice",
+                w[0]
+            )));
+        }
+        for ip in ips {
+            self.check_ip_free(ip, None)?;
+        }
+        Ok(())
+    }
+
+    /// The limits a registration of `containers` more containers owning `addresses` more
+    /// addresses would exceed, if any.
+    fn check_room(&self, containers: usize, addresses: usize) -> Result<()> {
+        let l = self.effective_limits();
+        let max_c = (l.containers as usize).min(LOOPBACK_SLOTS as usize);
+        if self.reg.len() + containers > max_c {
+            return Err(ServiceError::Full(format!(
+                "the registry is full: {} of {max_c} containers registered (--max-containers)",
+                self.reg.len()
+            )));
+        }
+        if self.reg.address_count() + addresses > l.addresses as usize {
+            return Err(ServiceError::Full(format!(
+                "the address map is full: {} of {} addresses registered (--max-addresses)",
+                self.reg.address_count(),
+                l.addresses
+            )));
+        }
+        Ok(())
+    }
+
+    /// A validated spec for `req` with a fresh id and loopback (not yet inserted).
+    fn new_spec(&self, req: AddContainer) -> Result<ContainerSpec> {
         crate::api::validate_name(&req.name).map_err(ServiceError::Invalid)?;
-        if self.state.containers.contains_key(&req.name) {
+        if self.reg.by_name(&req.name).is_some() {
             return Err(ServiceError::Conflict(format!(
                 "a container named {:?} already exists",
                 req.name
             )));
         }
-        if req.ips.is_empty() {
-            return Err(ServiceError::Invalid(
-                "a container needs at least one address (--ip)".into(),
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for ip in &req.ips {
-            if !seen.insert(ip) {
-                return Err(ServiceError::Invalid(format!(
-                    "address {ip} is given twice"
-                )));
-            }
-            self.check_ip_free(ip, None)?;
-        }
-        let cg = cgroup::resolve(&self.mount, &self.root, &req.cgroup)
+        self.check_ips(&req.ips)?;
+        let cg = cgroup::resolve(&self.paths.mount, &self.paths.root, &req.cgroup)
             .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        if cg.path == self.root {
+        if cg.path == self.paths.root {
             return Err(ServiceError::Invalid(format!(
                 "{} is the cgroup root itself; register a cgroup below it",
                 cg.path.display()
             )));
         }
-        for (other, spec) in &self.state.containers {
-            if cg.path.starts_with(&spec.cgroup) || spec.cgroup.starts_with(&cg.path) {
-                return Err(ServiceError::Conflict(format!(
-                    "cgroup {} overlaps container {other:?} ({}); containers cannot nest",
-                    cg.path.display(),
-                    spec.cgroup.display()
-                )));
-            }
-        }
-        let spec = ContainerSpec {
-            id: self.state.next_id,
+        Ok(ContainerSpec {
+            id: self.reg.allocate_id(),
+            name: req.name,
             cgroup: cg.path,
             cgroup_id: cg.id,
             cgroup_level: cg.level,
             ips: req.ips,
+            loopback: self.reg.allocate_loopback(),
             mode: req.mode,
             allow_raw: req.allow_raw,
             isolated: req.isolated,
+        })
+    }
+
+    pub fn add(&mut self, req: AddContainer) -> Result<ContainerInfo> {
+        let mut added = self.add_batch(vec![req])?;
+        Ok(added.remove(0))
+    }
+
+    /// Registers containers, all or none: each is validated (also against the others of the
+    /// batch), then the batch is one transaction in the store and one pass over the maps.
+    pub fn add_batch(&mut self, reqs: Vec<AddContainer>) -> Result<Vec<ContainerInfo>> {
+        if reqs.is_empty() {
+            return Err(ServiceError::Invalid("the batch is empty".into()));
+        }
+        let addresses: usize = reqs.iter().map(|r| r.ips.len()).sum();
+        self.check_room(reqs.len(), addresses)?;
+        let old_cursors = (self.reg.next_id, self.reg.next_loopback);
+        let old_window = self.reg.level_window();
+        // Insert one by one into the registry (ids and loopbacks are allocated past those of
+        // earlier ones, clashes within the batch are caught); taken out again on any error.
+        let mut specs: Vec<ContainerSpec> = Vec::with_capacity(reqs.len());
+        let mut failure = None;
+        for (i, req) in reqs.into_iter().enumerate() {
+            let r = self.new_spec(req).and_then(|spec| {
+                self.reg
+                    .insert(spec.clone())
+                    .map(|_| spec)
+                    .map_err(|c| ServiceError::Conflict(c.to_string()))
+            });
+            match r {
+                Ok(spec) => {
+                    self.reg.advance_cursors(spec.id, spec.loopback);
+                    specs.push(spec);
+                }
+                Err(e) => {
+                    failure = Some(if specs.is_empty() && i == 0 {
+                        e
+                    } else {
+                        prefix(e, &format!("batch entry {}: ", i + 1))
+                    });
+                    break;
+                }
+            }
+        }
+        let take_back = |s: &mut Service, specs: &[ContainerSpec]| {
+            for spec in specs {
+                s.reg.remove(spec.id);
+            }
+            (s.reg.next_id, s.reg.next_loopback) = old_cursors;
         };
-        let mut next = self.state.clone();
-        next.next_id += 1;
-        next.containers.insert(req.name.clone(), spec.clone());
-        let levels: Vec<u32> = next.containers.values().map(|s| s.cgroup_level).collect();
-        self.change(next, |dp| {
-            dp.set_levels(levels)?;
-            dp.register(&entry(&spec))
-        })?;
-        info!(
-            "registered container {} ({})",
-            req.name,
-            spec.cgroup.display()
+        if let Some(e) = failure {
+            take_back(self, &specs);
+            return Err(e);
+        }
+        let mut ops: Vec<Op> = specs.iter().cloned().map(Op::PutContainer).collect();
+        ops.push(Op::Cursors(self.reg.next_id, self.reg.next_loopback));
+        let mut undo: Vec<Op> = specs.iter().map(|s| Op::DeleteContainer(s.id)).collect();
+        undo.push(Op::Cursors(old_cursors.0, old_cursors.1));
+        let entries: Vec<_> = specs.iter().map(entry).collect();
+        let window = self.reg.level_window();
+        let applied = std::cell::Cell::new(0usize);
+        let r = self.change(
+            &ops,
+            &undo,
+            |dp| {
+                dp.set_levels(window)?;
+                for e in &entries {
+                    dp.register(e, true)?;
+                    applied.set(applied.get() + 1);
+                }
+                Ok(())
+            },
+            |dp| {
+                // Whatever was registered goes; a partly registered one too.
+                for e in entries.iter().take(applied.get() + 1) {
+                    let _ = dp.unregister(e);
+                }
+                let _ = dp.set_levels(old_window);
+            },
         );
-        self.show(&req.name)
+        if let Err(e) = r {
+            take_back(self, &specs);
+            return Err(e);
+        }
+        for spec in &specs {
+            self.watch.add(spec.cgroup_id, &spec.cgroup);
+            info!(
+                "registered container {} ({}, id {}, loopback {})",
+                spec.name,
+                spec.cgroup.display(),
+                spec.id,
+                spec.loopback
+            );
+        }
+        specs.iter().map(|s| self.info(s.id)).collect()
     }
 
     pub fn remove(&mut self, name: &str) -> Result<()> {
-        let spec = self.spec(name)?.clone();
-        let mut next = self.state.clone();
-        next.containers.remove(name);
-        // Rules naming the container go with it.
-        next.rules.retain(|r| r.from != name && r.to != name);
-        let rules = rule_ids(&next);
-        let levels: Vec<u32> = next.containers.values().map(|s| s.cgroup_level).collect();
-        self.change(next, |dp| {
-            dp.unregister(&entry(&spec))?;
-            dp.reconcile_rules(&rules)?;
-            dp.set_levels(levels)
-        })?;
+        let id = self.spec(name)?.id;
+        self.unregister(id)?;
         info!("unregistered container {name}");
         Ok(())
     }
 
-    /// Saves and applies a changed spec (mode or addresses); `revoked` is an address it no
-    /// longer owns.
-    fn update(
-        &mut self,
-        name: &str,
-        new: ContainerSpec,
-        revoked: Option<IpAddr>,
-    ) -> Result<ContainerInfo> {
-        let mut next = self.state.clone();
-        next.containers.insert(name.to_owned(), new.clone());
-        self.change(next, |dp| {
-            if let Some(ip) = revoked {
-                dp.revoke(ip)?;
+    /// Removes a registration: store first; in the kernel the addresses and the id go, then
+    /// the cgroup entry (the commit point, which frees the processes); rules, levels and
+    /// counters after it (best effort: leftovers cannot loosen anything and the next start
+    /// prunes them). Then the sockets that used its addresses are destroyed.
+    fn unregister(&mut self, id: u32) -> Result<ContainerSpec> {
+        let spec = self.reg.get(id).expect("a registered id").clone();
+        let rules = self.reg.rules_of(id);
+        let mut undo = vec![Op::PutContainer(spec.clone())];
+        undo.extend(rules.iter().map(|&(f, t, a)| Op::PutRule(f, t, a)));
+        let e = entry(&spec);
+        self.change(
+            &[Op::DeleteContainer(id)],
+            &undo,
+            |dp| dp.unregister(&e),
+            |dp| {
+                let _ = dp.register(&e, false);
+            },
+        )?;
+        self.reg.remove(id);
+        let keys: Vec<(ContainerId, ContainerId)> = rules
+            .iter()
+            .map(|&(f, t, _)| (ContainerId(f), ContainerId(t)))
+            .collect();
+        if let Err(err) = self.datapath.remove_rules(&keys) {
+            warn!(
+                "removing the rules of container {}: {err} (pruned at the next start)",
+                spec.name
+            );
+        }
+        if let Err(err) = self.datapath.set_levels(self.reg.level_window()) {
+            warn!("narrowing the cgroup levels: {err}");
+        }
+        self.watch.remove(spec.cgroup_id, &spec.cgroup);
+        self.end_use(&spec, &spec.ips);
+        Ok(spec)
+    }
+
+    /// Destroys the sockets of `spec`'s cgroup subtree that use one of `ips` as their local
+    /// address (the addresses just left it). Best effort, logged.
+    fn end_use(&mut self, spec: &ContainerSpec, ips: &[IpAddr]) {
+        // The container is its cgroup and every cgroup below it; a removed cgroup has no
+        // descendants left (rmdir needs them gone), only its own id.
+        let mut cgroups: HashSet<u64> = if cgroup::exists(&spec.cgroup, spec.cgroup_id) {
+            cgroup::subtree_ids(&spec.cgroup).into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        cgroups.insert(spec.cgroup_id);
+        match sockets::destroy(ips, &cgroups) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.stats.sockets_destroyed += n as u64;
+                info!(
+                    "container {}: destroyed {n} socket(s) using {}",
+                    spec.name,
+                    ips.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
-            dp.register(&entry(&new))
-        })?;
-        self.show(name)
+            Err(e) => warn!(
+                "container {}: destroying the sockets that used its revoked addresses failed: {e}",
+                spec.name
+            ),
+        }
+    }
+
+    /// Saves and applies a changed spec (mode or added addresses).
+    fn update(&mut self, new: ContainerSpec) -> Result<ContainerInfo> {
+        let old = self.reg.get(new.id).expect("a registered id").clone();
+        let (e_new, e_old) = (entry(&new), entry(&old));
+        let added: Vec<IpAddr> = new
+            .ips
+            .iter()
+            .filter(|ip| !old.ips.contains(ip))
+            .copied()
+            .collect();
+        self.change(
+            &[Op::PutContainer(new.clone())],
+            &[Op::PutContainer(old.clone())],
+            |dp| dp.register(&e_new, false),
+            |dp| {
+                for ip in &added {
+                    let _ = dp.revoke(*ip);
+                }
+                let _ = dp.register(&e_old, false);
+            },
+        )?;
+        let id = new.id;
+        self.reg
+            .insert(new)
+            .expect("validated against the registry");
+        self.info(id)
     }
 
     pub fn set_mode(&mut self, name: &str, mode: Mode) -> Result<ContainerInfo> {
         let mut spec = self.spec(name)?.clone();
         spec.mode = mode;
-        let info = self.update(name, spec, None)?;
+        let info = self.update(spec)?;
         info!("container {name}: mode {mode}");
         Ok(info)
     }
@@ -166,28 +358,195 @@ impl Service {
     pub fn add_ip(&mut self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
         let mut spec = self.spec(name)?.clone();
         self.check_ip_free(&ip, Some(name))?;
+        if spec.ips.len() >= self.limits.addresses_per_container as usize {
+            return Err(ServiceError::Full(format!(
+                "container {name:?} already owns {} addresses (--max-addresses-per-container {})",
+                spec.ips.len(),
+                self.limits.addresses_per_container
+            )));
+        }
+        self.check_room(0, 1)?;
         spec.ips.push(ip);
-        let info = self.update(name, spec, None)?;
+        let info = self.update(spec)?;
         info!("container {name}: granted {ip}");
         Ok(info)
     }
 
     pub fn remove_ip(&mut self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
-        let mut spec = self.spec(name)?.clone();
-        if !spec.ips.contains(&ip) {
+        let old = self.spec(name)?.clone();
+        if !old.ips.contains(&ip) {
             return Err(ServiceError::NotFound(format!(
                 "container {name:?} does not own {ip}"
             )));
         }
-        if spec.ips.len() == 1 {
+        if old.ips.len() == 1 {
             return Err(ServiceError::Conflict(format!(
                 "{ip} is the last address of container {name:?}; remove the container instead"
             )));
         }
-        spec.ips.retain(|a| *a != ip);
-        let info = self.update(name, spec, Some(ip))?;
+        let mut new = old.clone();
+        new.ips.retain(|a| *a != ip);
+        let (e_new, e_old) = (entry(&new), entry(&old));
+        // The container's view (its primary) changes first, while it still owns the address;
+        // the revocation is the commit point.
+        self.change(
+            &[Op::PutContainer(new.clone())],
+            &[Op::PutContainer(old.clone())],
+            |dp| {
+                dp.register(&e_new, false)?;
+                dp.revoke(ip)
+            },
+            |dp| {
+                let _ = dp.grant(ip, ContainerId(old.id));
+                let _ = dp.register(&e_old, false);
+            },
+        )?;
+        let id = new.id;
+        self.reg
+            .insert(new)
+            .expect("validated against the registry");
+        self.end_use(&old, &[ip]);
         info!("container {name}: revoked {ip}");
-        Ok(info)
+        self.info(id)
+    }
+
+    /// Moves an owned address from one container to another in one step: in the kernel the
+    /// owner is replaced by a single map update, so at no moment do both or neither own it.
+    /// The sockets of `from` that used it are destroyed afterwards.
+    pub fn move_ip(
+        &mut self,
+        ip: IpAddr,
+        from: &str,
+        to: &str,
+    ) -> Result<(ContainerInfo, ContainerInfo)> {
+        let a = self.spec(from)?.clone();
+        let b = self.spec(to)?.clone();
+        if a.id == b.id {
+            return Err(ServiceError::Invalid(format!(
+                "{ip} already belongs to {from:?}; name two containers"
+            )));
+        }
+        if !a.ips.contains(&ip) {
+            return Err(ServiceError::NotFound(format!(
+                "container {from:?} does not own {ip}"
+            )));
+        }
+        if a.ips.len() == 1 {
+            return Err(ServiceError::Conflict(format!(
+                "{ip} is the last address of container {from:?}; a container keeps at least one"
+            )));
+        }
+        if b.ips.len() >= self.limits.addresses_per_container as usize {
+            return Err(ServiceError::Full(format!(
+                "container {to:?} already owns {} addresses (--max-addresses-per-container {})",
+                b.ips.len(),
+                self.limits.addresses_per_container
+            )));
+        }
+        let mut a2 = a.clone();
+        a2.ips.retain(|x| *x != ip);
+        let mut b2 = b.clone();
+        b2.ips.push(ip);
+        let (ea, ea2, eb, eb2) = (entry(&a), entry(&a2), entry(&b), entry(&b2));
+        self.change(
+            // One transaction: a loses it, b gains it.
+            &[Op::PutContainer(a2.clone()), Op::PutContainer(b2.clone())],
+            &[Op::PutContainer(a.clone()), Op::PutContainer(b.clone())],
+            |dp| {
+                // a's view stops using it (it still owns it), then the owner flips (the
+                // commit point), then b's view may use it.
+                dp.register(&ea2, false)?;
+                dp.grant(ip, ContainerId(b.id))?;
+                dp.register(&eb2, false)
+            },
+            |dp| {
+                let _ = dp.grant(ip, ContainerId(a.id));
+                let _ = dp.register(&ea, false);
+                let _ = dp.register(&eb, false);
+            },
+        )?;
+        // Two steps in memory: the address leaves a, then joins b.
+        self.reg.insert(a2).expect("validated");
+        self.reg.insert(b2).expect("validated");
+        self.end_use(&a, &[ip]);
+        info!("moved {ip} from container {from} to {to}");
+        Ok((self.info(a.id)?, self.info(b.id)?))
+    }
+
+    /// Releases the container registered for cgroup `cgroup_id` if that cgroup no longer
+    /// exists (matched by id, never by path alone): its registration goes as with
+    /// `container rm`, and its addresses are free again. For the cgroup watch, the periodic
+    /// sweep and runtime integrations whose containers vanish without a stop hook. Returns
+    /// the released container's name.
+    pub fn release_cgroup(&mut self, cgroup_id: u64) -> Option<String> {
+        let spec = self.reg.by_cgroup_id(cgroup_id)?.clone();
+        if cgroup::exists(&spec.cgroup, spec.cgroup_id) {
+            return None;
+        }
+        match self.unregister(spec.id) {
+            Ok(_) => {
+                self.stats.released += 1;
+                warn!(
+                    "container {} released: its cgroup {} (id {}) was removed",
+                    spec.name,
+                    spec.cgroup.display(),
+                    spec.cgroup_id
+                );
+                Some(spec.name)
+            }
+            Err(e) => {
+                warn!(
+                    "container {}: its cgroup {} was removed, but releasing it failed: {e} (retried by the periodic check)",
+                    spec.name,
+                    spec.cgroup.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Releases every container whose cgroup is gone (after a watch overflow, periodically).
+    pub fn sweep_cgroups(&mut self) -> Vec<String> {
+        let gone: Vec<u64> = self
+            .reg
+            .iter()
+            .filter(|c| !cgroup::exists(&c.cgroup, c.cgroup_id))
+            .map(|c| c.cgroup_id)
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| self.release_cgroup(id))
+            .collect()
+    }
+
+    /// Handles what the cgroup watch saw: releases the containers whose cgroup was removed.
+    pub fn handle_watch(&mut self) -> Vec<String> {
+        let seen = self.watch.read();
+        let mut released = Vec::new();
+        if seen.overflow {
+            released.extend(self.sweep_cgroups());
+        }
+        for path in seen.removed {
+            let id = self.reg.by_path(&path).map(|c| c.cgroup_id);
+            if let Some(name) = id.and_then(|id| self.release_cgroup(id)) {
+                released.push(name);
+            }
+        }
+        released
+    }
+
+    /// A duplicate of the watch's descriptor, for the agent's event loop to wait on.
+    pub fn watch_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        self.watch.fd().and_then(|fd| fd.try_clone_to_owned().ok())
+    }
+}
+
+fn prefix(e: ServiceError, p: &str) -> ServiceError {
+    match e {
+        ServiceError::Invalid(m) => ServiceError::Invalid(format!("{p}{m}")),
+        ServiceError::NotFound(m) => ServiceError::NotFound(format!("{p}{m}")),
+        ServiceError::Conflict(m) => ServiceError::Conflict(format!("{p}{m}")),
+        ServiceError::Full(m) => ServiceError::Full(format!("{p}{m}")),
+        other => other,
     }
 }
 
