@@ -51,6 +51,8 @@ pub struct Agent {
     /// The network namespace the agent runs in (its interfaces are the ones `--iface` and
     /// `netiso iface` see); None: the caller's.
     pub netns: Option<String>,
+    /// The umask the agent starts with (None: the test's).
+    pub umask: Option<u32>,
 }
 
 impl Agent {
@@ -72,6 +74,7 @@ impl Agent {
             child: None,
             log: tmp.join("agent.log"),
             netns,
+            umask: None,
         };
         a.start();
         a
@@ -115,17 +118,25 @@ impl Agent {
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if let Some(ns) = &self.netns {
-            // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
-            let f = fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}"));
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only setns(2) runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)
-                });
-            }
+        // setns rather than `ip netns exec`, which remounts /sys and hides bpffs.
+        let ns = self
+            .netns
+            .as_ref()
+            .map(|ns| fs::File::open(ns).unwrap_or_else(|e| panic!("opening {ns}: {e}")));
+        let umask = self.umask;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setns(2) and umask(2) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(f) = &ns {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                }
+                if let Some(m) = umask {
+                    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+                }
+                Ok(())
+            });
         }
         self.child = Some(cmd.spawn().expect("starting agent"));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -179,6 +190,17 @@ impl Agent {
         }
         args.extend_from_slice(extra);
         self.cli(&args).ok();
+    }
+
+    /// The agent's process id (None when stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The registry in the agent's state store, as JSON (None: no state).
+    pub fn state(&self) -> Option<serde_json::Value> {
+        netiso_user::store::Store::dump(&self.state_dir)
+            .unwrap_or_else(|e| panic!("reading the store in {}: {e}", self.state_dir.display()))
     }
 
     /// The typed API client, talking to this agent.

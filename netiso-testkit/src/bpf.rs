@@ -111,3 +111,42 @@ pub fn create_pinned_map(
     let map = bpf_fd(0, &mut attr)?; // BPF_MAP_CREATE
     obj_pin(map.as_fd(), path)
 }
+
+/// How many entries the pinned (hash) map at `pin` holds, whatever its key size: walks the
+/// keys with BPF_MAP_GET_NEXT_KEY (for leak checks).
+pub fn count_entries(pin: &Path) -> io::Result<usize> {
+    use std::os::fd::{AsFd, AsRawFd};
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let info = aya::maps::MapInfo::from_pin(pin).map_err(io::Error::other)?;
+    let data = aya::maps::MapData::from_pin(pin).map_err(io::Error::other)?;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let mut key = vec![0u8; info.key_size() as usize];
+    let mut next = key.clone();
+    let mut n = 0;
+    loop {
+        // union bpf_attr for BPF_MAP_GET_NEXT_KEY: map_fd, key (NULL: the first), next_key.
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(fd as u32);
+        attr[1] = if n == 0 { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        // SAFETY: bpf(2) with a 128-byte attr whose pointers outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                attr.as_mut_ptr(),
+                128u32,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(n)
+            } else {
+                Err(e)
+            };
+        }
+        n += 1;
+        key.copy_from_slice(&next);
+    }
+}

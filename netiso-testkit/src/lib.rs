@@ -10,8 +10,10 @@ mod agent;
 pub mod bpf;
 mod cgroups;
 pub mod craft;
+mod loops;
 mod netns;
 mod probe;
+pub mod rawhttp;
 mod runner;
 mod world;
 
@@ -25,8 +27,9 @@ use std::{
 
 pub use agent::{Agent, CliOutput};
 pub use cgroups::CgroupTree;
+pub use loops::BindLoop;
 pub use netns::Netns;
-pub use probe::{probe, probe_last, Background, Step};
+pub use probe::{probe, probe_as, probe_last, As, Background, Step};
 pub use runner::{missing_privilege, run_privileged};
 pub use world::World;
 

@@ -40,19 +40,43 @@ impl Step {
     }
 }
 
-fn probe_cmd(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Command {
+/// How a probe runs: as root (the default), or as a container process under the threat
+/// model, without CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF and CAP_PERFMON
+/// (`Attacker`), or as a non-root uid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum As {
+    Root,
+    Attacker,
+    Uid(u32),
+}
+
+fn probe_cmd(ns: &Netns, cgroup: &Path, steps: &[&str], who: As) -> Command {
     let mut cmd = Command::new(probe_bin());
     cmd.arg("--netns")
         .arg(ns.path())
         .arg("--cgroup")
-        .arg(cgroup)
-        .args(steps);
+        .arg(cgroup);
+    match who {
+        As::Root => {}
+        As::Attacker => {
+            cmd.args(["--drop-caps", "1"]);
+        }
+        As::Uid(uid) => {
+            cmd.arg("--uid").arg(uid.to_string());
+        }
+    }
+    cmd.args(steps);
     cmd
 }
 
 /// Runs netiso-probe to completion in `ns` and `cgroup`, returning its steps.
 pub fn probe(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Vec<Step> {
-    let out = probe_cmd(ns, cgroup, steps)
+    probe_as(ns, cgroup, steps, As::Root)
+}
+
+/// Like [`probe`], run as `who`.
+pub fn probe_as(ns: &Netns, cgroup: &Path, steps: &[&str], who: As) -> Vec<Step> {
+    let out = probe_cmd(ns, cgroup, steps, who)
         .stdin(Stdio::null())
         .output()
         .expect("probe");
@@ -83,7 +107,12 @@ pub struct Background {
 
 impl Background {
     pub fn spawn(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Background {
-        let mut child = probe_cmd(ns, cgroup, steps)
+        Background::spawn_as(ns, cgroup, steps, As::Root)
+    }
+
+    /// Like [`Background::spawn`], run as `who`.
+    pub fn spawn_as(ns: &Netns, cgroup: &Path, steps: &[&str], who: As) -> Background {
+        let mut child = probe_cmd(ns, cgroup, steps, who)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -117,6 +146,42 @@ impl Background {
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
                     panic!("timed out waiting for background step {op}")
+                }
+            }
+        }
+    }
+}
+
+impl Background {
+    /// Lets a probe waiting at a `pause` step go on.
+    pub fn resume(&mut self) {
+        use std::io::Write;
+        if let Some(stdin) = self._stdin.as_mut() {
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Waits (up to 20 s) for the next step, whatever it is.
+    #[track_caller]
+    pub fn next(&self) -> Step {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("timed out waiting for a background step"))
+    }
+
+    /// Closes the probe's stdin (ends `wait` and `bind-loop`) and returns the steps it
+    /// printed from then on, once it has exited.
+    pub fn finish(mut self) -> Vec<Step> {
+        self._stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(s) => out.push(s),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    assert!(Instant::now() < deadline, "background probe did not finish");
                 }
             }
         }

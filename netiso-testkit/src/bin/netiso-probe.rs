@@ -1,14 +1,21 @@
 //! netiso-probe: performs socket operations from inside a network namespace and cgroup and
 //! prints one JSON line per step, so tests see exactly what a containerized process sees.
 //!
-//! Usage: netiso-probe [--netns PATH] [--cgroup DIR] STEP...
+//! Usage: netiso-probe [--netns PATH] [--cgroup DIR] [--drop-caps 1] [--uid N] STEP...
+//! `--drop-caps 1` drops CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF and CAP_PERFMON
+//! (effective, permitted, inheritable, ambient and bounding sets) and `--uid N` becomes uid
+//! and gid N with no supplementary groups: both after joining the namespace and the cgroup,
+//! before any step, so the steps run as an attacker inside a container would.
 //! Each STEP is one argument, an operation and its operands separated by spaces:
 //!   socket tcp4|tcp6|udp4|udp6|ping4|ping6|raw4|raw6|rawip4|sctp4|mptcp4|udplite4|l2tp4
 //!   v6only 0|1            bind ADDR            bind-unspec PORT      name
 //!   connect ADDR          listen               accept                send
 //!   sendto ADDR           sendmsg ADDR         sendmmsg ADDR         sendto-pktinfo ADDR SRC
 //!   sticky-pktinfo SRC    recvfrom             serve TEXT (answer every connection with TEXT)
-//!   join-cgroup DIR       wait (until stdin closes)
+//!   join-cgroup DIR       wait (until stdin closes)   pause (until a line on stdin)
+//!   recv (read from a connected socket; value: the text)
+//!   bind-loop ADDR        (bind fresh TCP sockets to ADDR until stdin closes;
+//!                          value: "tries successes")
 //!   timeout MS            spoof-udp4 SRC ADDR (IPPROTO_RAW socket: hand-made IPv4/UDP packet)
 //!   packet-send IFACE HEX (AF_PACKET socket: send the Ethernet frame HEX out of IFACE)
 //!   tc-run PIN HEX        (BPF_PROG_TEST_RUN of the TC program pinned at PIN on
@@ -266,6 +273,12 @@ impl Probe {
         self.name()
     }
 
+    fn recv(&self) -> Result<Option<String>, Errno> {
+        let mut buf = [0u8; 2048];
+        let n = socket::recv(self.fd()?, &mut buf, socket::MsgFlags::empty())?;
+        Ok(Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned()))
+    }
+
     fn sticky_pktinfo(&self, src: &str) -> Result<Option<String>, Errno> {
         let IpAddr::V6(s) = ip_of(src)? else {
             return Err(Errno::EINVAL);
@@ -340,6 +353,94 @@ fn tc_run(pin: &str, hex: &str) -> Result<Option<String>, Errno> {
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
+/// Binds fresh TCP sockets to `addr` (each closed at once) until stdin closes; reports how
+/// many binds were tried and how many succeeded. A forbidden-bind loop for the tests that
+/// count bypasses.
+fn bind_loop(addr: &str) -> Result<Option<String>, Errno> {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let sa = SockaddrStorage::from(parse(addr)?);
+    let family = if parse(addr)?.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        flag.store(true, Ordering::SeqCst);
+    });
+    emit("looping", Ok(None));
+    let (mut tries, mut ok) = (0u64, 0u64);
+    while !stop.load(Ordering::SeqCst) {
+        let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM, 0) })?;
+        // SAFETY: fresh descriptor from socket(2).
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        tries += 1;
+        if socket::bind(owned.as_raw_fd(), &sa).is_ok() {
+            ok += 1;
+        }
+    }
+    Ok(Some(format!("{tries} {ok}")))
+}
+
+/// The capabilities a container must not have (capability.h numbers).
+const FORBIDDEN_CAPS: [u32; 5] = [
+    12, // CAP_NET_ADMIN
+    13, // CAP_NET_RAW
+    21, // CAP_SYS_ADMIN
+    38, // CAP_PERFMON
+    39, // CAP_BPF
+];
+
+/// Drops FORBIDDEN_CAPS from every capability set of this process.
+fn drop_caps() -> std::io::Result<()> {
+    const PR_CAPBSET_DROP: libc::c_int = 24;
+    const PR_CAP_AMBIENT: libc::c_int = 47;
+    const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
+    const VERSION_3: u32 = 0x2008_0522;
+    for cap in FORBIDDEN_CAPS {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    // struct __user_cap_header_struct { u32 version; int pid; } and two
+    // struct __user_cap_data_struct { u32 effective, permitted, inheritable; }.
+    let mut header = [VERSION_3, 0u32];
+    let mut data = [0u32; 6];
+    // SAFETY: capget fills the two data structs we pass.
+    if unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for cap in FORBIDDEN_CAPS {
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        for set in 0..3 {
+            data[word * 3 + set] &= !bit;
+        }
+    }
+    // SAFETY: capset reads the header and data we pass.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn become_uid(uid: &str) -> std::io::Result<()> {
+    let id: u32 = uid
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("bad uid {uid:?}")))?;
+    nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(id)).map_err(std::io::Error::from)?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(id)).map_err(std::io::Error::from)
+}
+
 fn join_cgroup(dir: &str) -> std::io::Result<()> {
     std::fs::write(format!("{dir}/cgroup.procs"), "0")
 }
@@ -351,13 +452,29 @@ fn join_netns(path: &str) -> std::io::Result<()> {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    // Namespace and cgroup first, before any socket exists.
+    // Namespace and cgroup first, before any socket exists; privileges are shed after both.
+    let mut shed: Vec<(String, String)> = Vec::new();
     while args.len() >= 2 && args[0].starts_with("--") {
         let (flag, value) = (args.remove(0), args.remove(0));
         let r = match flag.as_str() {
             "--netns" => join_netns(&value),
             "--cgroup" => join_cgroup(&value),
+            "--drop-caps" | "--uid" => {
+                shed.push((flag.clone(), value.clone()));
+                Ok(())
+            }
             _ => Err(std::io::Error::other(format!("unknown flag {flag}"))),
+        };
+        if let Err(e) = r {
+            eprintln!("netiso-probe: {flag} {value}: {e}");
+            std::process::exit(2);
+        }
+    }
+    for (flag, value) in shed {
+        let r = match flag.as_str() {
+            "--drop-caps" if value == "1" => drop_caps(),
+            "--drop-caps" => Ok(()),
+            _ => become_uid(&value),
         };
         if let Err(e) = r {
             eprintln!("netiso-probe: {flag} {value}: {e}");
@@ -403,6 +520,13 @@ fn main() {
                 let _ = std::io::stdin().read_to_end(&mut sink);
                 Ok(None)
             }
+            "pause" => {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                Ok(None)
+            }
+            "recv" => p.recv(),
+            "bind-loop" => arg(0).and_then(bind_loop),
             _ => Err(Errno::EINVAL),
         };
         if !emit(op, r) {

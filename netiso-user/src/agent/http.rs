@@ -362,7 +362,10 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: StatusCode, messa
 
 /// Why a request head could not be read.
 enum HeadError {
+    /// Closed before sending anything.
     Closed,
+    /// Closed (or failed) part way through the head.
+    Incomplete,
     TooLarge,
     Timeout,
 }
@@ -373,10 +376,11 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S, limits: Limits) -> Result<Ve
     let read = async {
         let mut chunk = [0u8; 4096];
         loop {
-            let n = s.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
-            if n == 0 {
-                return Err(HeadError::Closed);
-            }
+            let n = match s.read(&mut chunk).await {
+                Ok(0) | Err(_) if buf.is_empty() => return Err(HeadError::Closed),
+                Ok(0) | Err(_) => return Err(HeadError::Incomplete),
+                Ok(n) => n,
+            };
             let from = buf.len().saturating_sub(3);
             buf.extend_from_slice(&chunk[..n]);
             if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -402,6 +406,55 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S, limits: Limits) -> Result<Ve
             Ok(buf)
         }
     }
+}
+
+/// What is wrong with a request head hyper would refuse, if anything: a head that does not
+/// parse, too many headers, a body length that is not one number, a transfer coding other
+/// than chunked.
+fn check_head(head: &[u8]) -> Option<(StatusCode, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Some((StatusCode::BAD_REQUEST, "incomplete request head".into()))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Some((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "more than 64 header fields".into(),
+            ))
+        }
+        Err(e) => return Some((StatusCode::BAD_REQUEST, format!("malformed request: {e}"))),
+    }
+    if req
+        .path
+        .is_some_and(|p| p.parse::<axum::http::Uri>().is_err())
+    {
+        return Some((StatusCode::BAD_REQUEST, "malformed request target".into()));
+    }
+    if req.version != Some(1) && req.version != Some(0) {
+        return Some((StatusCode::BAD_REQUEST, "use HTTP/1.1".into()));
+    }
+    let mut length: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = h.value.trim_ascii();
+            let number = !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+            if !number || length.is_some_and(|l| l != v) {
+                return Some((StatusCode::BAD_REQUEST, "invalid content-length".into()));
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+            && !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+        {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "only the chunked transfer coding is supported".into(),
+            ));
+        }
+    }
+    None
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -460,6 +513,14 @@ async fn connection<S>(
     let head = match head {
         Ok(h) => h,
         Err(HeadError::Closed) => return,
+        Err(HeadError::Incomplete) => {
+            return refuse(
+                &mut stream,
+                StatusCode::BAD_REQUEST,
+                "incomplete request head",
+            )
+            .await;
+        }
         Err(HeadError::TooLarge) => {
             let m = format!("request head larger than {} bytes", limits.head_bytes);
             return refuse(&mut stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &m).await;
@@ -472,6 +533,11 @@ async fn connection<S>(
             return refuse(&mut stream, StatusCode::REQUEST_TIMEOUT, &m).await;
         }
     };
+    // hyper would answer a head it cannot use with a bare status line; check it here first so
+    // that those answers are JSON too.
+    if let Some((status, why)) = check_head(&head) {
+        return refuse(&mut stream, status, &why).await;
+    }
     let io = TokioIo::new(Prefixed {
         prefix: head,
         at: 0,
@@ -479,6 +545,9 @@ async fn connection<S>(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
+        // A client may shut its sending side once the request is out and wait for the
+        // answer; without this hyper would take that for an abort and answer nothing.
+        .half_close(true)
         .max_buf_size(limits.head_bytes.max(8192) * 2)
         .serve_connection(io, TowerToHyperService::new(app));
     tokio::pin!(conn);
@@ -536,6 +605,8 @@ async fn accept_loop<L, S, F>(
         let rx = shutdown.clone();
         tasks.spawn(async move {
             if let Some(why) = denied {
+                // Read the request first, so the client gets the answer, not a reset.
+                let _ = read_head(&mut stream, limits).await;
                 refuse(&mut stream, StatusCode::FORBIDDEN, &why).await;
             } else {
                 connection(stream, app, limits, rx).await;

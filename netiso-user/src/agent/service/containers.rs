@@ -161,6 +161,19 @@ impl Service {
         if reqs.is_empty() {
             return Err(ServiceError::Invalid("the batch is empty".into()));
         }
+        // Each list is bounded before anything proportional to it is done.
+        let max = self.limits.addresses_per_container as usize;
+        if let Some((i, r)) = reqs.iter().enumerate().find(|(_, r)| r.ips.len() > max) {
+            let e = ServiceError::Full(format!(
+                "{} addresses is more than a container may own (--max-addresses-per-container {max})",
+                r.ips.len()
+            ));
+            return Err(if reqs.len() == 1 {
+                e
+            } else {
+                prefix(e, &format!("batch entry {}: ", i + 1))
+            });
+        }
         let addresses: usize = reqs.iter().map(|r| r.ips.len()).sum();
         self.check_room(reqs.len(), addresses)?;
         let old_cursors = (self.reg.next_id, self.reg.next_loopback);
