@@ -14,6 +14,7 @@
 //!   sticky-pktinfo SRC    recvfrom             serve TEXT (answer every connection with TEXT)
 //!   join-cgroup DIR       wait (until stdin closes)   pause (until a line on stdin)
 //!   recv (read from a connected socket; value: the text)
+//!   recv-held (read from the connection the last `accept` took and kept open)
 //!   bind-loop ADDR        (bind fresh TCP sockets to ADDR until stdin closes;
 //!                          value: "tries successes")
 //!   timeout MS            spoof-udp4 SRC ADDR (IPPROTO_RAW socket: hand-made IPv4/UDP packet)
@@ -61,6 +62,8 @@ fn ip_of(s: &str) -> Result<IpAddr, Errno> {
 
 struct Probe {
     fd: Option<OwnedFd>,
+    /// Connections `accept` took, kept open until the probe exits.
+    held: Vec<OwnedFd>,
 }
 
 impl Probe {
@@ -210,12 +213,21 @@ impl Probe {
         self.name()
     }
 
-    fn accept(&self) -> Result<Option<String>, Errno> {
+    fn accept(&mut self) -> Result<Option<String>, Errno> {
         let c = socket::accept(self.fd()?)?;
         // SAFETY: fresh descriptor from accept(2).
         let c = unsafe { OwnedFd::from_raw_fd(c) };
         let peer: SockaddrStorage = socket::getpeername(c.as_raw_fd())?;
+        self.held.push(c);
         Ok(Some(peer.to_string()))
+    }
+
+    /// Reads from the connection the last `accept` took.
+    fn recv_held(&self) -> Result<Option<String>, Errno> {
+        let c = self.held.last().ok_or(Errno::EBADF)?;
+        let mut buf = [0u8; 2048];
+        let n = socket::recv(c.as_raw_fd(), &mut buf, socket::MsgFlags::empty())?;
+        Ok(Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned()))
     }
 
     fn sendto(&self, addr: &str) -> Result<Option<String>, Errno> {
@@ -481,7 +493,10 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let mut p = Probe { fd: None };
+    let mut p = Probe {
+        fd: None,
+        held: Vec::new(),
+    };
     for step in &args {
         let parts: Vec<&str> = step.split_whitespace().collect();
         let (op, rest) = (parts[0], &parts[1..]);
@@ -526,6 +541,7 @@ fn main() {
                 Ok(None)
             }
             "recv" => p.recv(),
+            "recv-held" => p.recv_held(),
             "bind-loop" => arg(0).and_then(bind_loop),
             _ => Err(Errno::EINVAL),
         };

@@ -274,14 +274,23 @@ impl Service {
         let mut undo = vec![Op::PutContainer(spec.clone())];
         undo.extend(rules.iter().map(|&(f, t, a)| Op::PutRule(f, t, a)));
         let e = entry(&spec);
+        let cgroups = container_cgroups(&spec);
+        let ips = spec.ips.clone();
+        let early = std::cell::Cell::new(0);
         self.change(
             &[Op::DeleteContainer(id)],
             &undo,
-            |dp| dp.unregister(&e),
+            |dp| {
+                // While the addresses are still owned, so that the resets of the aborted
+                // connections get past the packet programs to their peers.
+                early.set(destroy_sockets(&spec.name, &ips, &cgroups));
+                dp.unregister(&e)
+            },
             |dp| {
                 let _ = dp.register(&e, false);
             },
         )?;
+        self.stats.sockets_destroyed += early.get() as u64;
         self.reg.remove(id);
         let keys: Vec<(ContainerId, ContainerId)> = rules
             .iter()
@@ -301,35 +310,12 @@ impl Service {
         Ok(spec)
     }
 
-    /// Destroys the sockets of `spec`'s cgroup subtree that use one of `ips` as their local
-    /// address (the addresses just left it). Best effort, logged.
+    /// Destroys the sockets of `spec`'s cgroup subtree that still use one of `ips` as
+    /// their local address once the addresses left it: those created while the change was
+    /// being applied (the first pass ran before the commit point).
     fn end_use(&mut self, spec: &ContainerSpec, ips: &[IpAddr]) {
-        // The container is its cgroup and every cgroup below it; a removed cgroup has no
-        // descendants left (rmdir needs them gone), only its own id.
-        let mut cgroups: HashSet<u64> = if cgroup::exists(&spec.cgroup, spec.cgroup_id) {
-            cgroup::subtree_ids(&spec.cgroup).into_iter().collect()
-        } else {
-            HashSet::new()
-        };
-        cgroups.insert(spec.cgroup_id);
-        match sockets::destroy(ips, &cgroups) {
-            Ok(0) => {}
-            Ok(n) => {
-                self.stats.sockets_destroyed += n as u64;
-                info!(
-                    "container {}: destroyed {n} socket(s) using {}",
-                    spec.name,
-                    ips.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            Err(e) => warn!(
-                "container {}: destroying the sockets that used its revoked addresses failed: {e}",
-                spec.name
-            ),
-        }
+        let n = destroy_sockets(&spec.name, ips, &container_cgroups(spec));
+        self.stats.sockets_destroyed += n as u64;
     }
 
     /// Saves and applies a changed spec (mode or added addresses).
@@ -400,13 +386,17 @@ impl Service {
         let mut new = old.clone();
         new.ips.retain(|a| *a != ip);
         let (e_new, e_old) = (entry(&new), entry(&old));
+        let cgroups = container_cgroups(&old);
+        let early = std::cell::Cell::new(0);
         // The container's view (its primary) changes first, while it still owns the address;
-        // the revocation is the commit point.
+        // then its sockets on the address are destroyed (their resets still get out); the
+        // revocation is the commit point.
         self.change(
             &[Op::PutContainer(new.clone())],
             &[Op::PutContainer(old.clone())],
             |dp| {
                 dp.register(&e_new, false)?;
+                early.set(destroy_sockets(name, &[ip], &cgroups));
                 dp.revoke(ip)
             },
             |dp| {
@@ -461,6 +451,8 @@ impl Service {
         let mut b2 = b.clone();
         b2.ips.push(ip);
         let (ea, ea2, eb, eb2) = (entry(&a), entry(&a2), entry(&b), entry(&b2));
+        let cgroups = container_cgroups(&a);
+        let early = std::cell::Cell::new(0);
         self.change(
             // One transaction: a loses it, b gains it.
             &[Op::PutContainer(a2.clone()), Op::PutContainer(b2.clone())],
@@ -469,6 +461,7 @@ impl Service {
                 // a's view stops using it (it still owns it), then the owner flips (the
                 // commit point), then b's view may use it.
                 dp.register(&ea2, false)?;
+                early.set(destroy_sockets(from, &[ip], &cgroups));
                 dp.grant(ip, ContainerId(b.id))?;
                 dp.register(&eb2, false)
             },
@@ -478,6 +471,7 @@ impl Service {
                 let _ = dp.register(&eb, false);
             },
         )?;
+        self.stats.sockets_destroyed += early.get() as u64;
         // Two steps in memory: the address leaves a, then joins b.
         self.reg.insert(a2).expect("validated");
         self.reg.insert(b2).expect("validated");
@@ -550,6 +544,40 @@ impl Service {
     /// A duplicate of the watch's descriptor, for the agent's event loop to wait on.
     pub fn watch_fd(&self) -> Option<std::os::fd::OwnedFd> {
         self.watch.fd().and_then(|fd| fd.try_clone_to_owned().ok())
+    }
+}
+
+/// The cgroups of a container: its own and every one below it (a removed cgroup has none
+/// left below it: rmdir needs them gone).
+fn container_cgroups(spec: &ContainerSpec) -> HashSet<u64> {
+    let mut cgroups: HashSet<u64> = if cgroup::exists(&spec.cgroup, spec.cgroup_id) {
+        cgroup::subtree_ids(&spec.cgroup).into_iter().collect()
+    } else {
+        HashSet::new()
+    };
+    cgroups.insert(spec.cgroup_id);
+    cgroups
+}
+
+/// Destroys the sockets of `cgroups` whose local address is one of `ips`; best effort,
+/// logged. Returns how many.
+fn destroy_sockets(name: &str, ips: &[IpAddr], cgroups: &HashSet<u64>) -> usize {
+    match sockets::destroy(ips, cgroups) {
+        Ok(0) => 0,
+        Ok(n) => {
+            info!(
+                "container {name}: destroyed {n} socket(s) using {}",
+                ips.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            n
+        }
+        Err(e) => {
+            warn!("container {name}: destroying the sockets that used its revoked addresses failed: {e}");
+            0
+        }
     }
 }
 
