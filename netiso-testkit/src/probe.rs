@@ -101,7 +101,7 @@ pub fn probe_last(ns: &Netns, cgroup: &Path, steps: &[&str]) -> Step {
 /// A probe running in the background (a server); killed on drop.
 pub struct Background {
     child: Child,
-    _stdin: Option<ChildStdin>,
+    stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<Step>,
 }
 
@@ -129,7 +129,7 @@ impl Background {
         let stdin = child.stdin.take();
         Background {
             child,
-            _stdin: stdin,
+            stdin,
             lines,
         }
     }
@@ -156,7 +156,7 @@ impl Background {
     /// Lets a probe waiting at a `pause` step go on.
     pub fn resume(&mut self) {
         use std::io::Write;
-        if let Some(stdin) = self._stdin.as_mut() {
+        if let Some(stdin) = self.stdin.as_mut() {
             let _ = stdin.write_all(b"\n");
             let _ = stdin.flush();
         }
@@ -173,7 +173,7 @@ impl Background {
     /// Closes the probe's stdin (ends `wait` and `bind-loop`) and returns the steps it
     /// printed from then on, once it has exited.
     pub fn finish(mut self) -> Vec<Step> {
-        self._stdin = None;
+        self.stdin = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
         loop {

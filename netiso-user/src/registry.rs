@@ -34,6 +34,9 @@ pub fn loopback_slot(a: Ipv4Addr) -> Option<u32> {
     (1..=LOOPBACK_SLOTS).contains(&n).then_some(n)
 }
 
+/// A rule between containers by id: (from, to, allow).
+pub type Rule = (u32, u32, bool);
+
 /// A registered container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ContainerSpec {
@@ -273,7 +276,7 @@ impl Registry {
     }
 
     /// Removes a container and the rules naming it; returns both.
-    pub fn remove(&mut self, id: u32) -> Option<(ContainerSpec, Vec<(u32, u32, bool)>)> {
+    pub fn remove(&mut self, id: u32) -> Option<(ContainerSpec, Vec<Rule>)> {
         let c = self.remove_indexes(id)?;
         let rules = self.rules_of(id);
         for (f, t, _) in &rules {

@@ -211,7 +211,11 @@ fn cgroup_of(payload: &[u8]) -> Option<u64> {
 }
 
 /// The sockets of `cgroups` whose local address is `ip`.
-fn find(diag: &mut Diag, ip: IpAddr, cgroups: &HashSet<u64>) -> io::Result<Vec<Found>> {
+fn find<S: std::hash::BuildHasher>(
+    diag: &mut Diag,
+    ip: IpAddr,
+    cgroups: &HashSet<u64, S>,
+) -> io::Result<Vec<Found>> {
     let families: &[u8] = match ip {
         // v4-mapped sockets of AF_INET6 match an IPv4 condition too.
         IpAddr::V4(_) => &[libc::AF_INET as u8, libc::AF_INET6 as u8],
@@ -249,7 +253,10 @@ fn find(diag: &mut Diag, ip: IpAddr, cgroups: &HashSet<u64>) -> io::Result<Vec<F
 /// Destroys the sockets created in one of `cgroups` whose local address is one of `ips`.
 /// Returns how many were destroyed. Two passes: a socket being bound while the first pass ran
 /// (its bind hook had allowed the address just before it was revoked) is caught by the second.
-pub fn destroy(ips: &[IpAddr], cgroups: &HashSet<u64>) -> io::Result<usize> {
+pub fn destroy<S: std::hash::BuildHasher>(
+    ips: &[IpAddr],
+    cgroups: &HashSet<u64, S>,
+) -> io::Result<usize> {
     if ips.is_empty() || cgroups.is_empty() {
         return Ok(0);
     }

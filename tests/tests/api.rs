@@ -268,7 +268,7 @@ fn stalled_clients_are_timed_out_and_never_hold_the_agent() {
     });
     let took = t.elapsed();
     let (mut timed_out, mut busy) = (0, 0);
-    for a in answers.iter() {
+    for a in &answers {
         let a = a.as_ref().expect("every stalled connection gets an answer");
         assert!(a.is_json_error(), "{a:?}");
         match a.status {
@@ -420,27 +420,27 @@ fn fuzz_request(r: &mut Rng, cgroup: &Path) -> Vec<u8> {
     ]);
     let path = fuzz_path(r);
     let body = fuzz_body(r, cgroup).unwrap_or_default();
+    use std::fmt::Write as _;
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: netiso\r\n");
-    match r.below(10) {
-        0 => head.push_str(&format!(
-            "content-length: {}\r\n",
-            body.len() + 1 + r.below(50)
-        )),
-        1 => head.push_str("content-length: -1\r\n"),
-        2 => head.push_str("transfer-encoding: gzip\r\n"),
-        3 => head.push_str(&format!(
+    let _ = match r.below(10) {
+        0 => write!(head, "content-length: {}\r\n", body.len() + 1 + r.below(50)),
+        1 => write!(head, "content-length: -1\r\n"),
+        2 => write!(head, "transfer-encoding: gzip\r\n"),
+        3 => write!(
+            head,
             "content-length: {}\r\ncontent-length: 0\r\n",
             body.len()
-        )),
-        4 => head.push_str("content-type: text/plain\r\n"),
-        5 => {}
-        _ => head.push_str(&format!(
+        ),
+        4 => write!(head, "content-type: text/plain\r\n"),
+        5 => Ok(()),
+        _ => write!(
+            head,
             "content-type: application/json\r\ncontent-length: {}\r\n",
             body.len()
-        )),
-    }
+        ),
+    };
     if r.below(20) == 0 {
-        head.push_str(&format!("x-junk: {}\r\n", "j".repeat(r.below(30_000))));
+        let _ = write!(head, "x-junk: {}\r\n", "j".repeat(r.below(30_000)));
     }
     let mut out = head.into_bytes();
     out.extend_from_slice(b"\r\n");

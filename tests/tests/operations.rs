@@ -83,8 +83,11 @@ fn level(p: &Path) -> u32 {
     p.strip_prefix(mount).unwrap().components().count() as u32
 }
 
-/// (name, id, cgroup, ips, loopback, mode, isolated) of every container.
-fn registry(w: &World) -> Vec<(String, u32, PathBuf, Vec<String>, String, String, bool)> {
+/// (name, id, cgroup, ips, loopback, mode, isolated) of a container.
+type Row = (String, u32, PathBuf, Vec<String>, String, String, bool);
+
+/// Every container as a [`Row`].
+fn registry(w: &World) -> Vec<Row> {
     w.agent
         .client()
         .containers()

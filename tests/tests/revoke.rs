@@ -337,6 +337,9 @@ fn ip_move_ends_the_use_by_the_old_owner() {
     revocation(Revoke::Move);
 }
 
+/// One connection attempt: when it started, when it ended, who answered (or the error).
+type Attempt = (Instant, Instant, Result<String, String>);
+
 /// Contract: an address moved while clients keep connecting to it is never served by the
 /// wrong container: before the move only the old owner answers (the new one cannot even
 /// bind it), after it only the new one.
@@ -370,7 +373,7 @@ fn ip_move_never_reaches_the_wrong_container() {
     assert_eq!(s.last().unwrap().errno.as_deref(), Some("EADDRNOTAVAIL"));
 
     // Clients keep connecting from the namespace; each answer is stamped.
-    let log: Arc<Mutex<Vec<(Instant, Instant, Result<String, String>)>>> = Arc::default();
+    let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
         let (log, stop, path) = (log.clone(), stop.clone(), w.ns.path());

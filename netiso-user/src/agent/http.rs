@@ -318,7 +318,7 @@ fn peer(stream: &tokio::net::UnixStream) -> std::io::Result<(i32, u32, u32, Vec<
 
 impl Access {
     /// None when `stream`'s peer may use the API, else why not.
-    fn check(&self, stream: &tokio::net::UnixStream) -> Option<String> {
+    fn check(self, stream: &tokio::net::UnixStream) -> Option<String> {
         let (pid, uid, gid, groups) = match peer(stream) {
             Ok(p) => p,
             Err(e) => return Some(format!("cannot read the peer's credentials: {e}")),

@@ -60,9 +60,8 @@ impl Capacity {
 pub(super) fn capacity_in_force(ebpf: &Ebpf) -> Result<Capacity, DatapathError> {
     let max = |name: &'static str| -> Result<u32, DatapathError> {
         let map = ebpf.map(name).expect("the object defines every shared map");
-        let data = match map {
-            aya::maps::Map::HashMap(m) | aya::maps::Map::PerCpuHashMap(m) => m,
-            _ => unreachable!("{name} is a hash map"),
+        let (aya::maps::Map::HashMap(data) | aya::maps::Map::PerCpuHashMap(data)) = map else {
+            unreachable!("{name} is a hash map")
         };
         Ok(data.info().map_err(map_err(name))?.max_entries())
     };
@@ -501,9 +500,8 @@ impl Datapath {
             min.zip(max)
         };
         self.set_levels(window)?;
-        let counters = self.counters_map()?;
-        let counted: HashSet<ContainerId> = counters.keys().filter_map(Result::ok).collect();
-        drop(counters);
+        let counted: HashSet<ContainerId> =
+            self.counters_map()?.keys().filter_map(Result::ok).collect();
         for e in entries {
             let v = e.value();
             let id_ok = ids.get(&e.id) == Some(&v);

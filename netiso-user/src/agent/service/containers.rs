@@ -85,10 +85,9 @@ impl Service {
         }
         let mut sorted = ips.to_vec();
         sorted.sort_unstable();
-        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        if let Some([dup, _]) = sorted.windows(2).find(|w| w[0] == w[1]) {
             return Err(ServiceError::Invalid(format!(
-                "address {} is given twice",
-                w[0]
+                "address {dup} is given twice"
             )));
         }
         for ip in ips {

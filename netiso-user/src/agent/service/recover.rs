@@ -11,7 +11,7 @@
 //! process can be in it). One that cannot be rebuilt faithfully stops the agent: it refuses
 //! to start rather than enforce less.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -142,9 +142,9 @@ pub fn from_snapshot(
             store.display()
         );
     }
-    let by_id: BTreeMap<u32, ()> = reg.iter().map(|c| (c.id, ())).collect();
+    let by_id: BTreeSet<u32> = reg.iter().map(|c| c.id).collect();
     for (k, v) in &snap.rules {
-        if by_id.contains_key(&k.from.0) && by_id.contains_key(&k.to.0) {
+        if by_id.contains(&k.from.0) && by_id.contains(&k.to.0) {
             reg.set_rule(k.from.0, k.to.0, *v != 0);
         } else {
             notes.push(format!(
