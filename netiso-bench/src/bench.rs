@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     env::{self, Ctr, PathKind, World},
     load::{ClientResult, Workload},
-    report, sys, tc_cost,
+    registration, report, sys, tc_cost,
 };
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -51,6 +51,10 @@ pub struct Opts {
     /// Skip the iperf3/sockperf cross-check even when they are installed.
     #[arg(long)]
     pub no_crosscheck: bool,
+    /// Containers registered one by one for the registration series (default 50000, quick
+    /// 2000). 0 disables.
+    #[arg(long)]
+    pub registrations: Option<usize>,
 }
 
 struct Plan {
@@ -61,6 +65,7 @@ struct Plan {
     scales: Vec<usize>,
     netiso_scales: Vec<usize>,
     spread: usize,
+    registrations: usize,
 }
 
 impl Opts {
@@ -83,6 +88,7 @@ impl Opts {
                 .filter(|&n| n > 0)
                 .collect(),
             spread: self.spread.unwrap_or(if q { 4 } else { 16 }).max(1),
+            registrations: self.registrations.unwrap_or(if q { 2000 } else { 50_000 }),
         }
     }
 }
@@ -193,6 +199,16 @@ pub fn run(o: Opts) -> Result<()> {
         };
         tc_cost::measure(&world, extra, repeat, samples)
     });
+    // Last, as it leaves tens of thousands of containers registered.
+    let registration = match (&r, plan.registrations) {
+        (Ok(_), n) if n > 0 => {
+            let pb = progress(0);
+            let reg = registration::measure(&world, n, &pb);
+            pb.finish_and_clear();
+            Some(reg)
+        }
+        _ => None,
+    };
     drop(world);
     let out = r?;
     let tc = tc.expect("measured after the matrix")?;
@@ -202,6 +218,15 @@ pub fn run(o: Opts) -> Result<()> {
         o.out.join("tc_cost.json"),
         serde_json::to_string_pretty(&tc)?,
     )?;
+    let registration = registration.transpose()?;
+    let reg_table = registration.as_ref().map(registration::table);
+    if let (Some(r), Some(t)) = (&registration, &reg_table) {
+        fs::write(o.out.join("registration.txt"), t)?;
+        fs::write(
+            o.out.join("registration.json"),
+            serde_json::to_string_pretty(r)?,
+        )?;
+    }
     let json = o.out.join("results.json");
     fs::write(&json, serde_json::to_string_pretty(&out)?)?;
     let table = report::table(&out);
@@ -209,6 +234,9 @@ pub fn run(o: Opts) -> Result<()> {
     let charts = report::charts(&out, &o.out)?;
     println!("{table}");
     println!("{tc_table}");
+    if let Some(t) = &reg_table {
+        println!("{t}");
+    }
     println!(
         "netiso-bench: done in {:.0} s; {} samples, {} route check failures\n  {}\n  {}\n  {}",
         started.elapsed().as_secs_f64(),

@@ -5,6 +5,7 @@
 mod bench;
 mod env;
 mod load;
+mod registration;
 mod report;
 mod sys;
 mod tc_cost;

@@ -195,6 +195,21 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
         );
     }
     assert_eq!(v["route_failures"], 0);
+    // The registration series: every registration timed, and the report compares them.
+    let reg: Value =
+        serde_json::from_str(&fs::read_to_string(out.0.join("registration.json")).unwrap())
+            .unwrap();
+    let ms = reg["per_container_ms"].as_array().unwrap();
+    assert_eq!(ms.len(), 2000, "registrations timed");
+    assert!(ms
+        .iter()
+        .all(|x| x.as_f64().is_some_and(|x| x.is_finite() && x > 0.0)));
+    assert!(reg["batch_ms"].as_f64().is_some_and(|x| x > 0.0), "{reg}");
+    let text = fs::read_to_string(out.0.join("registration.txt")).unwrap();
+    assert!(
+        text.contains("ratio") && text.contains("one batch of 2000"),
+        "{text}"
+    );
 }
 
 netiso_testkit::privileged_tests![quick_bench_is_sane_and_takes_the_right_routes];
