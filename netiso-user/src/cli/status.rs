@@ -6,6 +6,19 @@ fn print(s: &Status, json: bool) {
     if json {
         return output::json(s);
     }
+    let capacity = s.capacity.as_ref().map_or_else(
+        || "unknown".to_owned(),
+        |c| {
+            format!(
+                "{} of {} containers, {} of {} addresses, {} per container",
+                s.containers,
+                c.containers,
+                c.addresses_used,
+                c.addresses,
+                c.addresses_per_container
+            )
+        },
+    );
     output::fields(&[
         (
             "enforcement",
@@ -16,6 +29,7 @@ fn print(s: &Status, json: bool) {
             },
         ),
         ("containers", s.containers.to_string()),
+        ("capacity", capacity),
         ("cgroup root", s.cgroup_root.display().to_string()),
         ("pins", s.bpffs.display().to_string()),
         ("state", s.state_dir.display().to_string()),

@@ -81,6 +81,25 @@ fn full(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
 }
 
+/// Runs a map update, again when the kernel answers ENOMEM: hash maps without
+/// preallocation take their entries from per-CPU caches that the kernel refills
+/// asynchronously, so a burst of updates (a batch registration) can find one empty for a
+/// moment. Gives up after about a second.
+fn update<T>(mut op: impl FnMut() -> Result<T, MapError>) -> Result<T, MapError> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Err(MapError::SyscallError(s))
+                if s.io_error.raw_os_error() == Some(libc::ENOMEM) && tries < 1000 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Everything the maps hold, as read by [`Datapath::snapshot`].
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -271,15 +290,18 @@ impl Datapath {
                 path: path.into(),
                 source,
             })?;
-            let zero =
-                PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
-                    DatapathError::Io {
-                        what: "allocating counters for",
-                        path: format!("container {}", e.id.0).into(),
-                        source,
-                    }
-                })?;
-            counters.insert(e.id, zero, 0).map_err(|e| {
+            // Checked once; the values are rebuilt for each try below.
+            PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
+                DatapathError::Io {
+                    what: "allocating counters for",
+                    path: format!("container {}", e.id.0).into(),
+                    source,
+                }
+            })?;
+            let zero = || {
+                PerCpuValues::try_from(vec![Counters::default(); cpus]).expect("checked above")
+            };
+            update(|| counters.insert(e.id, zero(), 0)).map_err(|e| {
                 if full(&e) {
                     self.full(maps::COUNTERS)
                 } else {
@@ -293,9 +315,11 @@ impl Datapath {
             source,
         })?;
         let value = e.value();
-        let r = self.hash(maps::IDS)?.insert(e.id, value, 0);
+        let mut ids = self.hash(maps::IDS)?;
+        let r = update(|| ids.insert(e.id, value, 0));
         r.map_err(|err| self.map_error(maps::IDS, err))?;
-        let r = self.hash(maps::CONTAINERS)?.insert(e.cgroup_id, value, 0);
+        let mut cgroups = self.hash(maps::CONTAINERS)?;
+        let r = update(|| cgroups.insert(e.cgroup_id, value, 0));
         r.map_err(|err| self.map_error(maps::CONTAINERS, err))
     }
 
@@ -355,13 +379,17 @@ impl Datapath {
         let (name, r) = match ip {
             IpAddr::V4(a) => (
                 maps::OWNED4,
-                self.hash::<Ip4, ContainerId>(maps::OWNED4)?
-                    .insert(Ip4::from(a), id, 0),
+                {
+                    let mut m = self.hash::<Ip4, ContainerId>(maps::OWNED4)?;
+                    update(|| m.insert(Ip4::from(a), id, 0))
+                },
             ),
             IpAddr::V6(a) => (
                 maps::OWNED6,
-                self.hash::<Ip6, ContainerId>(maps::OWNED6)?
-                    .insert(Ip6::from(a), id, 0),
+                {
+                    let mut m = self.hash::<Ip6, ContainerId>(maps::OWNED6)?;
+                    update(|| m.insert(Ip6::from(a), id, 0))
+                },
             ),
         };
         r.map_err(|e| self.map_error(name, e))
@@ -398,7 +426,7 @@ impl Datapath {
         let key = PolicyKey { from, to };
         let mut m: HashMap<_, PolicyKey, u32> = self.hash(maps::POLICY)?;
         let r = match allow {
-            Some(a) => m.insert(key, u32::from(a), 0),
+            Some(a) => update(|| m.insert(key, u32::from(a), 0)),
             None => ignore_missing(m.remove(&key)),
         };
         r.map_err(|e| self.map_error(maps::POLICY, e))

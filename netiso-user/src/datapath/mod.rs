@@ -56,7 +56,7 @@ pub enum DatapathError {
         name: &'static str,
         source: aya::programs::links::LinkError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {}", map_error_text(source))]
     Map {
         name: &'static str,
         source: MapError,
@@ -85,6 +85,14 @@ pub enum DatapathError {
         path: PathBuf,
         source: io::Error,
     },
+}
+
+/// A map error with the kernel's errno, which aya's own message leaves out.
+fn map_error_text(e: &MapError) -> String {
+    match e {
+        MapError::SyscallError(s) => format!("{e}: {}", s.io_error),
+        e => e.to_string(),
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
