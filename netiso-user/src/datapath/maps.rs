@@ -298,9 +298,8 @@ impl Datapath {
                     source,
                 }
             })?;
-            let zero = || {
-                PerCpuValues::try_from(vec![Counters::default(); cpus]).expect("checked above")
-            };
+            let zero =
+                || PerCpuValues::try_from(vec![Counters::default(); cpus]).expect("checked above");
             update(|| counters.insert(e.id, zero(), 0)).map_err(|e| {
                 if full(&e) {
                     self.full(maps::COUNTERS)
@@ -377,20 +376,14 @@ impl Datapath {
     /// or the new one, never neither (what `ip move` relies on).
     pub fn grant(&mut self, ip: IpAddr, id: ContainerId) -> Result<(), DatapathError> {
         let (name, r) = match ip {
-            IpAddr::V4(a) => (
-                maps::OWNED4,
-                {
-                    let mut m = self.hash::<Ip4, ContainerId>(maps::OWNED4)?;
-                    update(|| m.insert(Ip4::from(a), id, 0))
-                },
-            ),
-            IpAddr::V6(a) => (
-                maps::OWNED6,
-                {
-                    let mut m = self.hash::<Ip6, ContainerId>(maps::OWNED6)?;
-                    update(|| m.insert(Ip6::from(a), id, 0))
-                },
-            ),
+            IpAddr::V4(a) => (maps::OWNED4, {
+                let mut m = self.hash::<Ip4, ContainerId>(maps::OWNED4)?;
+                update(|| m.insert(Ip4::from(a), id, 0))
+            }),
+            IpAddr::V6(a) => (maps::OWNED6, {
+                let mut m = self.hash::<Ip6, ContainerId>(maps::OWNED6)?;
+                update(|| m.insert(Ip6::from(a), id, 0))
+            }),
         };
         r.map_err(|e| self.map_error(name, e))
     }
