@@ -3,11 +3,12 @@
 //! socket bound or connected while the container owned the address cannot go on using it.
 //!
 //! A small raw implementation over a NETLINK_SOCK_DIAG socket (no netlink crate covers
-//! SOCK_DESTROY and the cgroup attribute): for each address, dump the TCP and UDP sockets of
-//! both families whose local address is it (an in-kernel bytecode filter; an IPv4 address
-//! also matches its v4-mapped form on AF_INET6 sockets), keep those whose cgroup
-//! (INET_DIAG_CGROUP_ID, the cgroup the socket was created in) is one of `cgroups`, and
-//! destroy each by its identity and cookie. TCP sockets in every state are aborted
+//! SOCK_DESTROY and the cgroup filter): dump the TCP and UDP sockets of both families whose
+//! cgroup (the cgroup the socket was created in) is one of the container's (an in-kernel
+//! bytecode filter, so only the container's sockets cross to user space, however many the
+//! host has), keep those whose local address is one of the revoked ones (an IPv4 address
+//! also in its v4-mapped form on AF_INET6 sockets), and destroy each by its identity and
+//! cookie. TCP sockets in every state are aborted
 //! (connections get a reset, listeners stop accepting); UDP sockets are disconnected with
 //! ECONNABORTED. Sockets of other processes (an unregistered process bound to the same
 //! address) are never touched. The agent runs in the network namespace whose sockets it
@@ -28,7 +29,8 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
-const INET_DIAG_BC_S_COND: u8 = 7;
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_CGROUP_COND: u8 = 13;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 /// sizeof(struct nlmsghdr), sizeof(struct inet_diag_req_v2), sizeof(struct inet_diag_msg).
 const NLMSG_HDR: usize = 16;
@@ -169,28 +171,60 @@ fn request(family: u8, protocol: u8, id: &[u8; SOCKID]) -> Vec<u8> {
     r
 }
 
-/// The bytecode "local address is `ip` (any port)", as an INET_DIAG_REQ_BYTECODE attribute.
-fn source_filter(ip: IpAddr) -> Vec<u8> {
-    let (family, prefix, addr): (u8, u8, Vec<u8>) = match ip {
-        IpAddr::V4(a) => (libc::AF_INET as u8, 32, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, 128, a.octets().to_vec()),
-    };
-    // struct inet_diag_bc_op { u8 code; u8 yes; u16 no; } then struct inet_diag_hostcond
-    // { u8 family; u8 prefix_len; int port; } and the address. `yes` reaches the end of the
-    // program (accept), `no` jumps past it (reject).
-    let len = 4 + 8 + addr.len();
+/// The bytecode "the socket's cgroup is one of `cgroups`", as an INET_DIAG_REQ_BYTECODE
+/// attribute (None when there are too many for one attribute: the caller filters itself).
+///
+/// The kernel checks a program by following its `yes` jumps only, so an "or" is written the
+/// way `ss` writes it: each condition's `yes` goes to a JMP whose `no` jumps to the end
+/// (accept), its `no` goes to the next condition; the last condition's `no` jumps past the
+/// end (reject).
+fn cgroup_filter(cgroups: &[u64]) -> Option<Vec<u8>> {
+    const COND: usize = 4 + 8; // struct inet_diag_bc_op + u64 cgroup id
+    const JMP: usize = 4;
+    if cgroups.is_empty() {
+        return None;
+    }
+    let len = cgroups.len() * (COND + JMP) - JMP;
+    if 4 + len > usize::from(u16::MAX) {
+        return None;
+    }
     let mut bc = Vec::with_capacity(len);
-    bc.push(INET_DIAG_BC_S_COND);
-    bc.push(len as u8);
-    bc.extend_from_slice(&((len + 4) as u16).to_ne_bytes());
-    bc.extend_from_slice(&[family, prefix, 0, 0]);
-    bc.extend_from_slice(&(-1i32).to_ne_bytes());
-    bc.extend_from_slice(&addr);
+    for (i, id) in cgroups.iter().enumerate() {
+        let left = len - bc.len();
+        let last = i + 1 == cgroups.len();
+        // struct inet_diag_bc_op { u8 code; u8 yes; u16 no; }
+        bc.push(INET_DIAG_BC_CGROUP_COND);
+        bc.push(COND as u8);
+        let no = if last { left + 4 } else { COND + JMP };
+        bc.extend_from_slice(&(no as u16).to_ne_bytes());
+        bc.extend_from_slice(&id.to_ne_bytes());
+        if !last {
+            // JMP: `no` is always taken; to the end of the program.
+            let left = len - bc.len();
+            bc.push(INET_DIAG_BC_JMP);
+            bc.push(JMP as u8);
+            bc.extend_from_slice(&(left as u16).to_ne_bytes());
+        }
+    }
     let mut attr = Vec::with_capacity(4 + bc.len());
     attr.extend_from_slice(&((4 + bc.len()) as u16).to_ne_bytes());
     attr.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
     attr.extend_from_slice(&bc);
-    attr
+    Some(attr)
+}
+
+/// The local address of an inet_diag_msg payload (v4-mapped IPv6 as IPv4).
+fn local_of(msg: &[u8]) -> Option<IpAddr> {
+    // idiag_family, then struct inet_diag_sockid at 4: sport, dport, src[16] at 8.
+    let src: [u8; 16] = msg.get(8..24)?.try_into().ok()?;
+    match i32::from(msg[0]) {
+        libc::AF_INET => Some(IpAddr::from([src[0], src[1], src[2], src[3]])),
+        libc::AF_INET6 => {
+            let a = std::net::Ipv6Addr::from(src);
+            Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+        }
+        _ => None,
+    }
 }
 
 /// The cgroup id attribute of an inet_diag_msg payload, if present.
@@ -210,28 +244,35 @@ fn cgroup_of(payload: &[u8]) -> Option<u64> {
     None
 }
 
-/// The sockets of `cgroups` whose local address is `ip`.
+/// The sockets of `cgroups` whose local address is one of `ips`: one dump per family and
+/// protocol, filtered by cgroup in the kernel and by address here, however many addresses.
 fn find<S: std::hash::BuildHasher>(
     diag: &mut Diag,
-    ip: IpAddr,
+    ips: &HashSet<IpAddr>,
     cgroups: &HashSet<u64, S>,
 ) -> io::Result<Vec<Found>> {
-    let families: &[u8] = match ip {
-        // v4-mapped sockets of AF_INET6 match an IPv4 condition too.
-        IpAddr::V4(_) => &[libc::AF_INET as u8, libc::AF_INET6 as u8],
-        IpAddr::V6(_) => &[libc::AF_INET6 as u8],
-    };
+    let ids: Vec<u64> = cgroups.iter().copied().collect();
+    let filter = cgroup_filter(&ids);
+    let mut families = Vec::new();
+    if ips.iter().any(IpAddr::is_ipv4) {
+        families.push(libc::AF_INET as u8);
+    }
+    // AF_INET6 sockets can use an IPv4 address too (v4-mapped).
+    families.push(libc::AF_INET6 as u8);
     let mut out = Vec::new();
-    for &family in families {
+    for family in families {
         for protocol in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
             let mut payload = request(family, protocol, &[0; SOCKID]);
-            payload.extend_from_slice(&source_filter(ip));
+            if let Some(f) = &filter {
+                payload.extend_from_slice(f);
+            }
             let seq = diag.send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, &payload)?;
             let err = diag.recv(seq, |msg| {
                 if msg.len() < DIAG_MSG {
                     return;
                 }
-                if cgroup_of(msg).is_some_and(|cg| cgroups.contains(&cg)) {
+                let ours = cgroup_of(msg).is_some_and(|cg| cgroups.contains(&cg));
+                if ours && local_of(msg).is_some_and(|a| ips.contains(&a)) {
                     let mut id = [0u8; SOCKID];
                     id.copy_from_slice(&msg[4..4 + SOCKID]);
                     out.push(Found {
@@ -260,27 +301,26 @@ pub fn destroy<S: std::hash::BuildHasher>(
     if ips.is_empty() || cgroups.is_empty() {
         return Ok(0);
     }
+    let ips: HashSet<IpAddr> = ips.iter().copied().collect();
     let mut diag = Diag::open()?;
     let mut done = HashSet::new();
     for _pass in 0..2 {
-        for ip in ips {
-            for s in find(&mut diag, *ip, cgroups)? {
-                if done.contains(&s) {
-                    continue;
-                }
-                let seq = diag.send(
-                    SOCK_DESTROY,
-                    NLM_F_REQUEST | NLM_F_ACK,
-                    &request(s.family, s.protocol, &s.id),
-                )?;
-                let err = diag.recv(seq, |_| {})?;
-                // ENOENT: it closed in the meantime.
-                if err < 0 && -err != libc::ENOENT {
-                    return Err(io::Error::from_raw_os_error(-err));
-                }
-                if err == 0 {
-                    done.insert(s);
-                }
+        for s in find(&mut diag, &ips, cgroups)? {
+            if done.contains(&s) {
+                continue;
+            }
+            let seq = diag.send(
+                SOCK_DESTROY,
+                NLM_F_REQUEST | NLM_F_ACK,
+                &request(s.family, s.protocol, &s.id),
+            )?;
+            let err = diag.recv(seq, |_| {})?;
+            // ENOENT: it closed in the meantime.
+            if err < 0 && -err != libc::ENOENT {
+                return Err(io::Error::from_raw_os_error(-err));
+            }
+            if err == 0 {
+                done.insert(s);
             }
         }
     }
@@ -291,18 +331,74 @@ pub fn destroy<S: std::hash::BuildHasher>(
 mod tests {
     use super::*;
 
+    /// What the kernel's audit (inet_diag_bc_audit) checks: following `yes` jumps walks
+    /// every op and lands exactly on the end; every `no` lands on an op boundary of that
+    /// walk, or exactly on the end, or 4 past it.
     #[test]
-    fn source_filter_is_one_condition_jumping_past_the_end_when_false() {
-        let a = source_filter("192.0.2.1".parse().unwrap());
-        assert_eq!(a.len(), 4 + 4 + 8 + 4);
-        assert_eq!(u16::from_ne_bytes([a[0], a[1]]) as usize, a.len());
-        let (code, yes, no) = (a[4], a[5], u16::from_ne_bytes([a[6], a[7]]));
-        assert_eq!(code, INET_DIAG_BC_S_COND);
-        assert_eq!(usize::from(yes), a.len() - 4);
-        assert_eq!(usize::from(no), a.len());
-        assert_eq!(&a[a.len() - 4..], &[192, 0, 2, 1]);
-        let b = source_filter("2001:db8::1".parse().unwrap());
-        assert_eq!(b.len(), 4 + 4 + 8 + 16);
+    fn cgroup_filter_passes_the_kernel_audit_and_runs_as_an_or() {
+        for ids in [vec![7u64], vec![7, 8], vec![1, 2, 3, 4, 5]] {
+            let attr = cgroup_filter(&ids).unwrap();
+            let bc = &attr[4..];
+            assert_eq!(
+                usize::from(u16::from_ne_bytes([attr[0], attr[1]])),
+                attr.len()
+            );
+            let mut bounds = vec![0];
+            let mut at = 0;
+            while at < bc.len() {
+                at += usize::from(bc[at + 1]);
+                bounds.push(at);
+            }
+            assert_eq!(at, bc.len(), "{ids:?}: the yes chain ends on the end");
+            for &b in &bounds[..bounds.len() - 1] {
+                let no = usize::from(u16::from_ne_bytes([bc[b + 2], bc[b + 3]]));
+                let to = b + no;
+                assert!(
+                    bounds.contains(&to) || to == bc.len() + 4,
+                    "{ids:?}: no at {b} lands on {to}"
+                );
+            }
+            // Run it: accepts exactly the listed ids.
+            let run = |cg: u64| {
+                let mut at = 0usize;
+                while at < bc.len() {
+                    let (code, yes) = (bc[at], usize::from(bc[at + 1]));
+                    let no = usize::from(u16::from_ne_bytes([bc[at + 2], bc[at + 3]]));
+                    let ok = match code {
+                        INET_DIAG_BC_JMP => false,
+                        INET_DIAG_BC_CGROUP_COND => {
+                            u64::from_ne_bytes(bc[at + 4..at + 12].try_into().unwrap()) == cg
+                        }
+                        _ => unreachable!(),
+                    };
+                    at += if ok { yes } else { no };
+                }
+                at == bc.len()
+            };
+            for cg in 0..10 {
+                assert_eq!(run(cg), ids.contains(&cg), "{ids:?}: cgroup {cg}");
+            }
+        }
+        assert!(cgroup_filter(&[]).is_none());
+        assert!(
+            cgroup_filter(&vec![1; 5000]).is_none(),
+            "too long for one attribute"
+        );
+    }
+
+    #[test]
+    fn local_addresses_are_read_v4_mapped_as_ipv4() {
+        let mut msg = vec![0u8; DIAG_MSG];
+        msg[0] = libc::AF_INET as u8;
+        msg[8..12].copy_from_slice(&[192, 0, 2, 1]);
+        assert_eq!(local_of(&msg), Some("192.0.2.1".parse().unwrap()));
+        msg[0] = libc::AF_INET6 as u8;
+        let mapped: std::net::Ipv6Addr = "::ffff:192.0.2.1".parse().unwrap();
+        msg[8..24].copy_from_slice(&mapped.octets());
+        assert_eq!(local_of(&msg), Some("192.0.2.1".parse().unwrap()));
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        msg[8..24].copy_from_slice(&v6.octets());
+        assert_eq!(local_of(&msg), Some(IpAddr::V6(v6)));
     }
 
     #[test]

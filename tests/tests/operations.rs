@@ -241,6 +241,7 @@ fn private_loopbacks_never_collide() {
         &old,
         &["socket tcp4", "bind 127.0.0.1:8000", "listen", "serve old"],
     );
+    _server.wait_for("serving");
     // Its own listener answers; the others' 127.0.0.1 is their own loopback, with nothing.
     assert_eq!(
         probe_last(
