@@ -151,8 +151,12 @@ pub fn render(s: &mut Service) -> String {
             continue;
         };
         let l = labels(&[("container", &name)]);
+        // A series appears with its first count (as a labelled counter does): at tens of
+        // thousands of containers, mostly idle, this keeps a scrape small.
         for (f, v) in families.iter().zip(values) {
-            f.get_or_create(&l).inc_by(v);
+            if v > 0 {
+                f.get_or_create(&l).inc_by(v);
+            }
         }
     }
     for (name, f) in netiso_common::counter::NAMES.iter().zip(families) {
