@@ -236,12 +236,12 @@ fn private_loopbacks_never_collide() {
     let cs = w.agent.client().containers().unwrap();
     let lo: BTreeSet<String> = cs.iter().map(|c| c.loopback.to_string()).collect();
     assert_eq!(lo.len(), 3, "loopbacks shared: {cs:?}");
-    let _server = netiso_testkit::Background::spawn(
+    let server = netiso_testkit::Background::spawn(
         &w.ns,
         &old,
         &["socket tcp4", "bind 127.0.0.1:8000", "listen", "serve old"],
     );
-    _server.wait_for("serving");
+    server.wait_for("serving");
     // Its own listener answers; the others' 127.0.0.1 is their own loopback, with nothing.
     assert_eq!(
         probe_last(
