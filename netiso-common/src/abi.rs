@@ -146,7 +146,14 @@ pub mod counter {
     /// Packets to or from the container dropped at an interface because their headers are
     /// truncated or malformed, or (egress) because they are not IP at all.
     pub const MALFORMED_DROPPED: usize = 24;
-    pub const LEN: usize = 25;
+    /// Packets of container sockets carrying headers a container may not send (IPv6 routing
+    /// headers, whatever path set them).
+    pub const HEADER_DROPPED: usize = 25;
+    /// Connections and datagrams to the container's addresses (or its private loopback) that
+    /// no socket of the container would receive: refused at socket lookup, as a namespace
+    /// without such a socket would (TCP reset, ICMP port unreachable).
+    pub const LOOKUP_REFUSED: usize = 26;
+    pub const LEN: usize = 27;
     pub const NAMES: [&str; LEN] = [
         "bind_allowed",
         "bind_rewritten",
@@ -173,7 +180,61 @@ pub mod counter {
         "iface_tx_packets",
         "iface_tx_bytes",
         "malformed_dropped",
+        "header_dropped",
+        "lookup_refused",
     ];
+}
+
+/// What netiso keeps on every socket created in a container (socket-local storage `SOCKS`,
+/// cloned to accepted sockets): the container it belongs to, wherever it goes, and the
+/// receiver it registered for socket lookup, if any.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockInfo {
+    /// The container's cgroup id (the `CONTAINERS` key): ids of removed cgroups are never
+    /// reused, so a socket can never fall to a later container.
+    pub cgroup: u64,
+    /// The socket cookie of the socket that registered `receiver` (0: none). Accepted sockets
+    /// inherit the storage but not the registration.
+    pub cookie: u64,
+    pub receiver: Receiver,
+}
+
+/// Key of `RECEIVERS`: a container has a socket bound to `addr:port` (or to the wildcard of
+/// `family`, `addr` zero) for `proto`; the value counts such sockets. Socket lookup for a
+/// container's address passes only when one exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Receiver {
+    pub container: ContainerId,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    /// 4 or 6: the family of the bound address (a v4-mapped address counts as 4).
+    pub version: u8,
+    /// Host order.
+    pub port: u16,
+    /// IPv4 held as by [`Ip6::holding_v4`]; zero for a wildcard bind.
+    pub addr: Ip6,
+}
+
+/// The socket mark of container sockets: this tag in the high bits, the container id in the
+/// low 23. It travels with a socket's packets and with the copies the kernel makes of them
+/// (broadcast and multicast loop-back), which have no socket, so they can be attributed.
+pub const MARK_TAG: u32 = 0xa580_0000;
+pub const MARK_TAG_MASK: u32 = 0xff80_0000;
+
+/// The mark container `id`'s sockets carry.
+pub const fn mark_for(id: ContainerId) -> u32 {
+    MARK_TAG | (id.0 & !MARK_TAG_MASK)
+}
+
+/// The container a mark names, if it carries netiso's tag.
+pub const fn container_of_mark(mark: u32) -> Option<ContainerId> {
+    if mark & MARK_TAG_MASK == MARK_TAG {
+        Some(ContainerId(mark & !MARK_TAG_MASK))
+    } else {
+        None
+    }
 }
 
 /// Map names, shared so the agent finds what the eBPF object defines.
@@ -186,6 +247,8 @@ pub mod maps {
     pub const POLICY: &str = "POLICY";
     pub const IDS: &str = "IDS";
     pub const EVENTS: &str = "EVENTS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const RECEIVERS: &str = "RECEIVERS";
 }
 
 #[cfg(feature = "user")]
@@ -199,6 +262,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Receiver {}
+    unsafe impl aya::Pod for super::SockInfo {}
 }
 
 #[cfg(test)]
@@ -234,6 +299,24 @@ mod tests {
         assert_eq!(offset_of!(Event, family), 24);
         assert_eq!(offset_of!(Event, port), 28);
         assert_eq!(offset_of!(Event, addr), 32);
+
+        assert_eq!(size_of::<Receiver>(), 4 + 1 + 1 + 2 + 16);
+        assert_eq!(offset_of!(Receiver, proto), 4);
+        assert_eq!(offset_of!(Receiver, version), 5);
+        assert_eq!(offset_of!(Receiver, port), 6);
+        assert_eq!(offset_of!(Receiver, addr), 8);
+        assert_eq!(size_of::<SockInfo>(), 8 + 8 + 24);
+        assert_eq!(offset_of!(SockInfo, receiver), 16);
+    }
+
+    #[test]
+    fn marks_carry_the_container_id_under_a_tag() {
+        let id = ContainerId(0x7f_ffff);
+        assert_eq!(container_of_mark(mark_for(id)), Some(id));
+        assert_eq!(container_of_mark(mark_for(ContainerId(1))), Some(ContainerId(1)));
+        for foreign in [0, 1, 0x4000, 0x8000, 0xa500_0001, 0xffff_ffff] {
+            assert_eq!(container_of_mark(foreign), None, "{foreign:#x}");
+        }
     }
 
     #[test]

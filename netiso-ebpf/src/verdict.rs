@@ -119,6 +119,14 @@ pub struct Traffic {
     pub bytes: usize,
 }
 
+impl Traffic {
+    /// For programs that count no traffic (socket lookup).
+    pub const NONE: Traffic = Traffic {
+        packets: counter::LEN,
+        bytes: counter::LEN,
+    };
+}
+
 /// Turns a packet decision into "let it through" (true) or "drop it" (false), counting `len`
 /// bytes where the packet goes on. Each program maps the answer to its own return codes.
 #[inline(always)]

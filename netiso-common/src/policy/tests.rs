@@ -87,6 +87,12 @@ fn loopback_addresses_are_private_and_in_127_128() {
     assert_eq!(loopback_for(ContainerId(300)), v4("127.128.1.44"));
     assert_ne!(loopback_for(ContainerId(1)), loopback_for(ContainerId(2)));
     assert!(loopback_for(ContainerId(70_000)).is_loopback());
+    for id in [1, 300, 70_000, 0x7f_ffff] {
+        assert_eq!(loopback_owner(loopback_for(ContainerId(id))), Some(ContainerId(id)));
+    }
+    for other in ["127.0.0.1", "127.128.0.0", "127.127.255.255", "192.0.2.1"] {
+        assert_eq!(loopback_owner(v4(other)), None, "{other}");
+    }
 }
 
 #[test]
@@ -352,4 +358,18 @@ fn sticky_pktinfo_needs_an_owned_source() {
     assert_eq!(pktinfo(None), Err(Deny::NotPermitted));
     assert!(setsockopt(&c, IPPROTO_IPV6, IPV6_2292PKTOPTIONS, None, &n).is_err());
     assert!(setsockopt(&c, 0, 8, None, &n).is_ok());
+}
+
+#[test]
+fn routing_headers_are_refused_at_the_socket_and_on_the_wire() {
+    let (c, n) = dual();
+    for opt in [IPV6_RTHDR, IPV6_2292RTHDR] {
+        assert_eq!(
+            setsockopt(&c, IPPROTO_IPV6, opt, None, &n),
+            Err(Deny::NotPermitted),
+            "{opt}"
+        );
+    }
+    assert_eq!(egress_headers(true), Err(Deny::NotPermitted));
+    assert_eq!(egress_headers(false), Ok(()));
 }

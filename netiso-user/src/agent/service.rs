@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::{
     api::{IfaceInfo, IfaceState, Mode, PolicyAction, PolicyRule, Status},
     cgroup,
-    datapath::{Datapath, DatapathError, Entry, IfaceStatus, PROGRAMS},
+    datapath::{Datapath, DatapathError, Entry, IfaceStatus, PROGRAMS, STEER},
     state::{ContainerSpec, State, StateError},
 };
 
@@ -174,7 +174,11 @@ impl Service {
             bpffs: self.datapath.bpffs().to_owned(),
             state_dir: self.state_dir.clone(),
             containers: self.state.containers.len(),
-            programs: PROGRAMS.iter().map(|(p, _)| (*p).to_owned()).collect(),
+            programs: PROGRAMS
+                .iter()
+                .chain([&STEER])
+                .map(|(p, _)| (*p).to_owned())
+                .collect(),
             ifaces: self.state.ifaces.clone(),
         }
     }

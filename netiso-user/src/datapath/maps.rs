@@ -4,7 +4,10 @@ use std::{collections::HashSet, hash::Hash, mem::size_of, net::IpAddr, path::Pat
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use log::debug;
-use netiso_common::{config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PolicyKey};
+use netiso_common::{
+    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PolicyKey, Receiver,
+    SockInfo,
+};
 
 use super::{Datapath, DatapathError, Entry};
 
@@ -13,7 +16,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 }
 
 /// Key and value sizes of every hash/array map, as the eBPF object defines them.
-const LAYOUTS: [(&str, usize, usize); 7] = [
+const LAYOUTS: [(&str, usize, usize); 9] = [
     (maps::CONTAINERS, size_of::<u64>(), size_of::<Container>()),
     (maps::OWNED4, size_of::<Ip4>(), size_of::<ContainerId>()),
     (maps::OWNED6, size_of::<Ip6>(), size_of::<ContainerId>()),
@@ -25,6 +28,9 @@ const LAYOUTS: [(&str, usize, usize); 7] = [
     ),
     (maps::POLICY, size_of::<PolicyKey>(), size_of::<u32>()),
     (maps::IDS, size_of::<ContainerId>(), size_of::<Container>()),
+    (maps::RECEIVERS, size_of::<Receiver>(), size_of::<u64>()),
+    // Socket storage is keyed by the socket (an fd, 4 bytes, from user space).
+    (maps::SOCKS, size_of::<i32>(), size_of::<SockInfo>()),
 ];
 
 /// Refuses pins left by a netiso whose maps have another layout: reusing them would make the

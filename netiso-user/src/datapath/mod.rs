@@ -31,7 +31,7 @@ use netiso_common::{
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
-pub use attach::PROGRAMS;
+pub use attach::{PROGRAMS, STEER};
 pub use tc::{IfaceStatus, TC_PROGRAMS};
 
 use crate::sys;
@@ -180,10 +180,15 @@ impl Datapath {
             debug!("raising RLIMIT_MEMLOCK failed ({e}); relying on memcg accounting");
         }
         maps::check_pinned(&dirs[0])?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dirs[0])
-            .load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&dirs[0]);
+        if std::env::var_os("NETISO_VERIFIER_LOG").is_some() {
+            // A developer's aid: the verifier's full reasoning when a program is refused.
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         attach::cgroup_programs(&mut ebpf, cgroup_root, &dirs[1], &dirs[2])?;
+        attach::steering(&mut ebpf, &dirs[1], &dirs[2])?;
         tc::load(&mut ebpf, &dirs[2])?;
         Ok(Datapath {
             ebpf,

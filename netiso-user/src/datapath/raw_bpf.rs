@@ -67,21 +67,22 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
-/// Gap: aya 0.14's `CgroupSockopt` has no link it can pin; this creates the cgroup link (a
-/// bpf link, so it composes with other programs) whose descriptor [`obj_pin`] pins.
-pub fn cgroup_link_create(
+/// Gap: aya 0.14 gives a cgroup sockopt program and a socket-lookup program links it cannot
+/// turn into pinnable `FdLink`s; this creates the link (to a cgroup or a network namespace
+/// fd; a bpf link, so it composes with other programs) whose descriptor [`obj_pin`] pins.
+pub fn link_create(
     prog: BorrowedFd<'_>,
-    cgroup: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<OwnedFd> {
     let mut attr = Attr::default();
     // struct { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; }
-    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(target.as_raw_fd() as u32) << 32);
     attr[1] = u64::from(attach_type);
     Ok(owned(bpf(BPF_LINK_CREATE, &mut attr)?))
 }
 
-/// Gap: aya 0.14 updates TC links (`attach_to_link`) but not cgroup links. Atomically replaces
+/// Gap: aya 0.14 updates TC links (`attach_to_link`) but not cgroup or netns links. Atomically replaces
 /// the program a link runs, so a restarted agent swaps programs with no enforcement gap.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = Attr::default();
