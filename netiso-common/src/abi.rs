@@ -313,7 +313,10 @@ mod tests {
     fn marks_carry_the_container_id_under_a_tag() {
         let id = ContainerId(0x7f_ffff);
         assert_eq!(container_of_mark(mark_for(id)), Some(id));
-        assert_eq!(container_of_mark(mark_for(ContainerId(1))), Some(ContainerId(1)));
+        assert_eq!(
+            container_of_mark(mark_for(ContainerId(1))),
+            Some(ContainerId(1))
+        );
         for foreign in [0, 1, 0x4000, 0x8000, 0xa500_0001, 0xffff_ffff] {
             assert_eq!(container_of_mark(foreign), None, "{foreign:#x}");
         }

@@ -333,7 +333,7 @@ fn transport(f: &(impl Frame + ?Sized), proto: u8, off: usize, icmp: u8, echo: u
             None => Kind::Malformed,
         },
         IPPROTO_UDP => match f.load::<UdpHdr>(off) {
-                Some(u) => {
+            Some(u) => {
                 return L4 {
                     kind: Kind::Udp,
                     proto: u32::from(proto),

@@ -13,8 +13,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
 };
 use netiso_common::{
-    config, policy::Registry, policy::AF_INET, Container, ContainerId, Ip4, Ip6,
-    MAX_CGROUP_LEVELS,
+    config, policy::Registry, policy::AF_INET, Container, ContainerId, Ip4, Ip6, MAX_CGROUP_LEVELS,
 };
 
 use crate::{ctx, maps};
@@ -68,14 +67,18 @@ pub fn of_skb_or_cgroup(skb: *mut __sk_buff) -> Option<Container> {
         }
     }
     // SAFETY: `skb` is the program's own context pointer.
-    among_ancestors(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) }).map(|(_, c)| c)
+    among_ancestors(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) })
+        .map(|(_, c)| c)
 }
 
 /// The registered cgroup among the ancestors `ancestor(level)` returns (0 past the deepest
 /// level), walking only the levels where containers are registered.
 #[inline(always)]
 fn among_ancestors(ancestor: impl Fn(i32) -> u64) -> Option<(u64, Container)> {
-    let (min, max) = (maps::config(config::MIN_LEVEL), maps::config(config::MAX_LEVEL));
+    let (min, max) = (
+        maps::config(config::MIN_LEVEL),
+        maps::config(config::MAX_LEVEL),
+    );
     let mut i = 0;
     while i < MAX_CGROUP_LEVELS {
         let level = min + i;

@@ -225,7 +225,10 @@ impl Sock for SockContext {
         )
     }
     fn bound6(&self) -> (Ip6, u16) {
-        (field6!(self.sock, src_ip6), field!(self.sock, src_port) as u16)
+        (
+            field6!(self.sock, src_ip6),
+            field!(self.sock, src_port) as u16,
+        )
     }
     fn set_mark(&self, mark: u32) {
         set_field!(self.sock, mark, mark);

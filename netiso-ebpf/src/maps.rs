@@ -86,7 +86,11 @@ static SOCKS: SockStorage = SockStorage {
 #[inline(always)]
 pub fn sock_info(sk: *mut c_void, create: bool) -> Option<&'static mut SockInfo> {
     const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
-    let flags = if create { BPF_SK_STORAGE_GET_F_CREATE } else { 0 };
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE
+    } else {
+        0
+    };
     let map = addr_of!(SOCKS).cast_mut().cast::<c_void>();
     // SAFETY: `map` is the storage map and `sk` a socket the kernel handed the program; the
     // helper returns this socket's storage (zeroed when created) or null.
@@ -102,7 +106,7 @@ pub fn add_receiver(key: &Receiver) {
         // SAFETY: a map value; sockets of one container bind concurrently, hence an atomic
         // add (BPF's lock-free XADD; core's atomic types have no RMW on this target).
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
-    } else if RECEIVERS.insert(key, &1, u64::from(BPF_NOEXIST)).is_err() {
+    } else if RECEIVERS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
         // Inserted by a concurrent bind in between: count on that entry.
         if let Some(n) = RECEIVERS.get_ptr_mut(key) {
             // SAFETY: as above.

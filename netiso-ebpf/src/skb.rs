@@ -165,7 +165,11 @@ fn register_autobound(ctx: &SkBuffContext, c: &Container) {
     if protocol != IPPROTO_UDP || !bound.is_unspecified() || port == 0 {
         return;
     }
-    sock::add(info, sock::wildcard(c, family, protocol, port), ctx::skb_cookie(ctx::skb(ctx)));
+    sock::add(
+        info,
+        sock::wildcard(c, family, protocol, port),
+        ctx::skb_cookie(ctx::skb(ctx)),
+    );
 }
 
 /// A packet for a host socket that would open a flow to a container's address: that flow

@@ -53,19 +53,19 @@ fn run(ctx: &TcContext, traffic: Traffic, try_tc: fn(&TcContext) -> Packet) -> i
 /// Ingress steering: the destination address names the container. Frames without readable
 /// addresses concern no container; the stack drops broken IP itself.
 fn try_ingress(ctx: &TcContext) -> Packet {
-    let h = packet::from_frame(&ctx.skb);
-    if !h.is_ip() {
-        return Packet::NotOurs;
-    }
     // The loop-back copy of a container's broadcast or multicast skipped egress (see `skb`);
-    // here it is also stopped on its way to the kernel's own ICMP.
+    // here it is also stopped on its way to the kernel's own ICMP. It has no link-layer
+    // header: the packet starts at IP.
     let (mark, pkt_type) = ctx::skb_mark_and_type(ctx.skb.skb);
     if pkt_type == PACKET_LOOPBACK {
         if let Some(sender) = container_of_mark(mark).and_then(maps::container_of_id) {
-            if let Some(drop) = skb::foreign_copy(&sender, &h) {
-                return drop;
-            }
+            return skb::foreign_copy(&sender, &packet::from_ip(&ctx.skb))
+                .unwrap_or(Packet::NotOurs);
         }
+    }
+    let h = packet::from_frame(&ctx.skb);
+    if !h.is_ip() {
+        return Packet::NotOurs;
     }
     let Some(to) = container::owner(h.family, &h.dst) else {
         return Packet::NotOurs;

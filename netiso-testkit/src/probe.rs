@@ -28,6 +28,11 @@ impl Step {
         assert!(self.ok, "step {} failed with {:?}", self.op, self.errno);
         self.value.as_deref().expect("step has a value")
     }
+    /// Asserts the step succeeded.
+    #[track_caller]
+    pub fn done(&self) {
+        assert!(self.ok, "step {} failed with {:?}", self.op, self.errno);
+    }
     /// The errno name, asserting the step failed.
     #[track_caller]
     pub fn err(&self) -> &str {

@@ -818,9 +818,11 @@ fn tc_programs_outlive_the_agent_until_cleanup() {
     ]);
     rx.wait_for("bind");
     // The kernel detaches a link whose last reference is gone in deferred work: wait for it.
-    wait_until("the TC programs to be detached", Duration::from_secs(20), || {
-        lan.send_frame(&lan.c1, &spoofed).ok
-    });
+    wait_until(
+        "the TC programs to be detached",
+        Duration::from_secs(20),
+        || lan.send_frame(&lan.c1, &spoofed).ok,
+    );
     assert_eq!(rx.wait_for("recvfrom").addr(), sa(V4.c2, 4000));
 }
 

@@ -593,7 +593,11 @@ fn sockets_belong_where_they_were_created() {
             "bind 0.0.0.0:7113",
         ],
     );
-    assert_eq!(s.addr(), "192.0.2.10:7113", "the wildcard bind is still rewritten");
+    assert_eq!(
+        s.addr(),
+        "192.0.2.10:7113",
+        "the wildcard bind is still rewritten"
+    );
     // Created on the host, used in c1: the host's.
     let s = probe_last(
         &w.ns,

@@ -123,7 +123,10 @@ fn isolation_is_enforced_where_packets_arrive() {
         )
     };
     let s = from_a("7511");
-    assert!(!s.ok, "the isolated container accepted a packet from a's address");
+    assert!(
+        !s.ok,
+        "the isolated container accepted a packet from a's address"
+    );
     assert!(w.agent.counter("b", "policy_dropped") >= 1);
     // Container a's own socket is refused at connect already.
     let s = probe_last(&w.ns, &a, &["socket tcp4", "connect 192.0.2.20:7510"]);

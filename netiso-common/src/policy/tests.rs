@@ -88,7 +88,10 @@ fn loopback_addresses_are_private_and_in_127_128() {
     assert_ne!(loopback_for(ContainerId(1)), loopback_for(ContainerId(2)));
     assert!(loopback_for(ContainerId(70_000)).is_loopback());
     for id in [1, 300, 70_000, 0x7f_ffff] {
-        assert_eq!(loopback_owner(loopback_for(ContainerId(id))), Some(ContainerId(id)));
+        assert_eq!(
+            loopback_owner(loopback_for(ContainerId(id))),
+            Some(ContainerId(id))
+        );
     }
     for other in ["127.0.0.1", "127.128.0.0", "127.127.255.255", "192.0.2.1"] {
         assert_eq!(loopback_owner(v4(other)), None, "{other}");

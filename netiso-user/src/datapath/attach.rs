@@ -89,7 +89,10 @@ pub(super) fn steering(ebpf: &mut Ebpf, links: &Path, progs: &Path) -> Result<()
         let link = raw_bpf::link_create(fd, netns.as_fd(), attach_type)
             .map_err(io_err("linking to the network namespace", &pin))?;
         raw_bpf::obj_pin(link.as_fd(), &pin).map_err(io_err("pinning link", &pin))?;
-        info!("attached {name} to this network namespace, pinned at {}", pin.display());
+        info!(
+            "attached {name} to this network namespace, pinned at {}",
+            pin.display()
+        );
     }
     pin_program(ebpf, name, progs)
 }
