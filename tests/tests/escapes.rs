@@ -100,7 +100,6 @@ fn new_flows_to_a_container_address_reach_only_its_sockets() {
         (&host, "192.0.2.10:7700"),
         (&host, "[2001:db8::10]:7700"),
     ];
-    let before = w.agent.counter("a", "lookup_refused");
     for (cg, dst) in refused {
         let kind = if dst.starts_with('[') { "tcp6" } else { "tcp4" };
         for flags in [NO_CAPS, NOBODY] {
@@ -119,7 +118,7 @@ fn new_flows_to_a_container_address_reach_only_its_sockets() {
             assert_eq!(s.err(), "ECONNREFUSED", "{dst} from {}", cg.display());
         }
     }
-    assert!(w.agent.counter("a", "lookup_refused") >= before + 14);
+    assert!(w.agent.counter("a", "lookup_refused") >= 14);
 
     // UDP: a connected socket learns of the port unreachable; the host listeners got nothing
     // (the control datagrams sent after arrive first).
