@@ -17,6 +17,10 @@ pub const FLAG_HAS_V4: u32 = 1 << 2;
 pub const FLAG_HAS_V6: u32 = 1 << 3;
 /// Container flag: reachable only from containers a policy rule allows.
 pub const FLAG_ISOLATED: u32 = 1 << 4;
+/// Container flag: an explicit `deny` rule names it as destination. With `FLAG_ISOLATED`,
+/// what makes its packet programs judge who opens a flow to it; without either, arriving
+/// packets need no policy lookup.
+pub const FLAG_DENY_RULES: u32 = 1 << 5;
 
 /// A registered container as the programs see it: the value of `CONTAINERS` (keyed by the
 /// cgroup id, u64) and of `IDS` (keyed by the container id).
@@ -50,6 +54,27 @@ impl Container {
     pub const fn isolated(&self) -> bool {
         self.flags & FLAG_ISOLATED != 0
     }
+    /// Whether some container may be refused when it opens a flow to this one.
+    pub const fn judges_arrivals(&self) -> bool {
+        self.flags & (FLAG_ISOLATED | FLAG_DENY_RULES) != 0
+    }
+}
+
+/// The per-CPU packet counters of one direction of a container's cgroup_skb program, kept in
+/// that attachment's cgroup storage (`CG_COUNTERS`): no map lookup on the packet path. The
+/// agent adds them to the container's other counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Not owned local address (or unreadable addresses).
+    pub dropped: u64,
+    /// Ingress: opened by a container the policy does not let in.
+    pub policy_dropped: u64,
+    /// Egress: carries an IPv6 routing header.
+    pub header_dropped: u64,
+    pub audited: u64,
 }
 
 /// Key of the `POLICY` map: may container `from` reach container `to`? Value 1 allow, 0 deny.
@@ -249,6 +274,8 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCKS: &str = "SOCKS";
     pub const RECEIVERS: &str = "RECEIVERS";
+    pub const CG_INFO: &str = "CG_INFO";
+    pub const CG_COUNTERS: &str = "CG_COUNTERS";
 }
 
 #[cfg(feature = "user")]
@@ -264,6 +291,7 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Receiver {}
     unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::PacketCounters {}
 }
 
 #[cfg(test)]
@@ -307,6 +335,7 @@ mod tests {
         assert_eq!(offset_of!(Receiver, addr), 8);
         assert_eq!(size_of::<SockInfo>(), 8 + 8 + 24);
         assert_eq!(offset_of!(SockInfo, receiver), 16);
+        assert_eq!(size_of::<PacketCounters>(), 6 * 8);
     }
 
     #[test]

@@ -40,25 +40,10 @@ pub fn of_socket(sk: *mut c_void) -> Option<Container> {
     maps::container_of_cgroup(info.cgroup)
 }
 
-/// The container of the socket an skb belongs to. Packet programs run in softirq context
-/// too, where the current task means nothing. Request and time-wait sockets carry no storage:
-/// their cgroup (the listener's) decides.
-#[inline(always)]
-pub fn of_skb(skb: *mut __sk_buff) -> Option<Container> {
-    match ctx::skb_socket(skb) {
-        ctx::SkbSocket::None => None,
-        ctx::SkbSocket::Full(sk) => of_socket(sk),
-        // SAFETY: `skb` is the program's own context pointer.
-        ctx::SkbSocket::Partial => {
-            among_ancestors(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) })
-                .map(|(_, c)| c)
-        }
-    }
-}
-
-/// Like [`of_skb`], but a full socket without netiso's record (a socket no inet hook saw:
-/// AF_PACKET, or the test socket of BPF_PROG_TEST_RUN) falls back to the cgroup it was made
-/// in. For TC egress, where packet sockets are the point.
+/// The container of the socket an skb belongs to: its record, or for a socket without one
+/// (no inet hook saw it: AF_PACKET, the test socket of BPF_PROG_TEST_RUN; request and
+/// time-wait sockets) the cgroup it was made in. For TC egress, where packet sockets are
+/// the point.
 #[inline(always)]
 pub fn of_skb_or_cgroup(skb: *mut __sk_buff) -> Option<Container> {
     if let ctx::SkbSocket::Full(sk) = ctx::skb_socket(skb) {

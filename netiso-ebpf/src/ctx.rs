@@ -348,6 +348,13 @@ pub fn socket_binding(sk: *mut c_void) -> (u32, u32, Ip6, u16) {
     (family, field!(sk, protocol), addr, port)
 }
 
+/// The start and end of an skb's linear data (direct packet access: the verifier checks every
+/// read against the end).
+#[inline(always)]
+pub fn skb_data(skb: *mut __sk_buff) -> (usize, usize) {
+    (field!(skb, data) as usize, field!(skb, data_end) as usize)
+}
+
 /// The mark and packet type (`PACKET_*`) of an skb.
 #[inline(always)]
 pub fn skb_mark_and_type(skb: *mut __sk_buff) -> (u32, u32) {

@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
 };
 use netiso_common::{
-    config, Container, ContainerId, Counters, Event, Ip4, Ip6, PolicyKey, Receiver, SockInfo,
-    EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS,
+    config, Container, ContainerId, Counters, Event, Ip4, Ip6, PolicyKey,
+    Receiver, SockInfo, EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS,
 };
 
 /// Socket-local storage: copied to the child sockets a listener accepts.
@@ -49,6 +49,8 @@ static CONFIG: Array<u32> = Array::pinned(config::LEN, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuHashMap<ContainerId, Counters> =
     PerCpuHashMap::pinned(MAX_CONTAINERS, BPF_F_NO_PREALLOC);
+pub use attachment::{attached_container, packet_counters};
+
 /// Sockets of containers that can receive new flows, counted per (container, protocol,
 /// address, port): socket lookup for a container's address passes only when one exists.
 #[map(name = "RECEIVERS")]
@@ -208,4 +210,43 @@ pub fn count(id: ContainerId, index: usize, bytes: Option<(usize, u64)>) {
 #[inline(always)]
 pub fn emit(ev: &Event) {
     let _ = EVENTS.output::<Event>(ev, 0);
+}
+
+/// Attachment-local cgroup storage for the per-container cgroup_skb programs. The kernel calls
+/// this map type deprecated in favour of CGRP_STORAGE, which is keyed by cgroup rather than by
+/// attachment and needs a cgroup pointer the packet path does not have; the attachment is
+/// exactly what is needed here.
+#[expect(deprecated, reason = "attachment-local storage is what the packet path needs")]
+mod attachment {
+    use aya_ebpf::{
+        macros::map,
+        maps::{CgroupStorage, PerCpuCgroupStorage},
+    };
+    use netiso_common::{Container, PacketCounters};
+
+    /// The container a cgroup_skb program attached to a container's cgroup works for, written by
+    /// the agent into that attachment's storage: the packet path reads it without a lookup. All
+    /// zero until the agent has written it.
+    #[map(name = "CG_INFO")]
+    static CG_INFO: CgroupStorage<Container> = CgroupStorage::pinned();
+    
+    /// That attachment's per-CPU packet counters.
+    #[map(name = "CG_COUNTERS")]
+    static CG_COUNTERS: PerCpuCgroupStorage<PacketCounters> = PerCpuCgroupStorage::pinned();
+    
+    /// The container of the cgroup the running cgroup_skb program is attached to, once the agent
+    /// has written it.
+    #[inline(always)]
+    pub fn attached_container() -> Option<Container> {
+        // SAFETY: the helper returns this attachment's storage, valid for the whole run; the
+        // agent replaces the value as a whole, so the copy is one version or the other.
+        let c = unsafe { *CG_INFO.get_ptr_mut() };
+        (c.id.0 != 0).then_some(c)
+    }
+    
+    /// This attachment's packet counters for the running CPU.
+    #[inline(always)]
+    pub fn packet_counters() -> *mut PacketCounters {
+        CG_COUNTERS.get_ptr_mut()
+    }
 }

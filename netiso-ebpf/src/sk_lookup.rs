@@ -25,7 +25,7 @@ pub fn steer(ctx: SkLookupContext) -> u32 {
     let Some(drop) = try_steer(&l) else {
         return SK_PASS;
     };
-    if verdict::packet(drop, Traffic::NONE, 0) {
+    if verdict::packet(drop, 0, &Traffic::NONE) {
         SK_PASS
     } else {
         SK_DROP

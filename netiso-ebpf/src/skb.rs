@@ -1,37 +1,40 @@
-//! cgroup_skb ingress and egress, the packet layer of the sockets below the cgroup root.
+//! cgroup_skb programs, the packet layer of sockets.
 //!
-//! Container sockets: every packet must carry an address the container owns (its destination
-//! arriving, its source leaving). This closes what the socket hooks never see: listen() and
-//! sendto() on unbound sockets, raw sockets of `--allow-raw` containers, sockets passed in,
-//! options set through paths without a hook. A packet that opens a flow from a container the
-//! policy does not let in is dropped on arrival, and a container may not send IPv6 routing
-//! headers.
-//!
-//! Every socket: a packet addressed to a container's address opens a flow only at that
-//! container's sockets (socket lookup refuses the rest; this is the backstop), and the
-//! loop-back copy of a container's broadcast or multicast, which skipped egress, must carry
-//! a source its sender owns.
+//! - `ingress` and `egress`, attached to each container's cgroup (so host sockets run
+//!   neither): every packet of a container socket must carry an address the container owns,
+//!   its destination arriving, its source leaving. This closes what the socket hooks never see:
+//!   listen() and sendto() on unbound sockets, raw sockets of `--allow-raw` containers, sockets
+//!   passed in, options set through paths without a hook. A container may not send IPv6
+//!   routing headers, and a packet opening a flow from a container the policy does not let in
+//!   is dropped on arrival. The container comes from the attachment's storage and the common
+//!   case (the container's primary address, no extension headers, no policy to apply) is
+//!   decided from the packet's first bytes, without a map lookup.
+//! - `guard`, ingress at the cgroup root: the loop-back copy of a container's broadcast or
+//!   multicast, made before egress ran, has no socket but carries the sender's mark; a copy
+//!   whose source the sender does not own never reaches any local socket.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext, EbpfContext};
 use netiso_common::{
     abi::container_of_mark,
     counter,
     packet::Headers,
-    policy::{self, IPPROTO_TCP, IPPROTO_UDP},
-    Container, Ip6,
+    policy::{self, IPPROTO_UDP},
+    Container, Ip4, Ip6,
 };
 
 use crate::{
     container::{self, Maps},
     ctx, maps, packet, sock,
-    verdict::{self, Packet, Subject, Traffic},
+    verdict::{self, Local, Packet, Subject, Traffic},
 };
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 const TCP_ESTABLISHED: u32 = 1;
-const TCP_LISTEN: u32 = 10;
 /// `skb->pkt_type` of the copy `dev_loopback_xmit` makes of a multicast or broadcast.
 const PACKET_LOOPBACK: u32 = 5;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP8: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -40,18 +43,6 @@ enum Direction {
 }
 
 impl Direction {
-    fn traffic(self) -> Traffic {
-        match self {
-            Direction::Ingress => Traffic {
-                packets: counter::RX_PACKETS,
-                bytes: counter::RX_BYTES,
-            },
-            Direction::Egress => Traffic {
-                packets: counter::TX_PACKETS,
-                bytes: counter::TX_BYTES,
-            },
-        }
-    }
     fn dropped(self) -> usize {
         match self {
             Direction::Ingress => counter::INGRESS_DROPPED,
@@ -82,30 +73,83 @@ fn run(ctx: &SkBuffContext, dir: Direction) -> i32 {
     if container::disabled() {
         return PASS;
     }
-    let skb = ctx::skb(ctx);
-    let decision = if dir == Direction::Ingress {
-        if let Some(d) = loopback_copy(ctx) {
-            d
-        } else {
-            match container::of_skb(skb) {
-                Some(c) => try_skb(ctx, &c, dir),
-                None => try_host_ingress(ctx),
-            }
-        }
-    } else {
-        match container::of_skb(skb) {
-            Some(c) => try_skb(ctx, &c, dir),
-            None => Packet::NotOurs,
-        }
+    let Some(c) = maps::attached_container() else {
+        return PASS;
     };
-    if verdict::packet(decision, dir.traffic(), ctx.len()) {
+    let tally = Local(maps::packet_counters());
+    let decision = if fast_path(ctx, &c, dir) {
+        Packet::Attributed(c.id)
+    } else {
+        try_skb(ctx, &c, dir)
+    };
+    if verdict::packet(decision, ctx.len(), &tally) {
         PASS
     } else {
         DROP
     }
 }
 
-/// A packet of a container socket.
+/// Whether the packet is certainly fine, from its first bytes in the linear data: the local
+/// address is the container's primary (or its loopback), an IPv6 packet leaving has no
+/// extension header, nothing arriving needs the policy, and a UDP packet leaving comes from a
+/// socket that needs no registering. Anything else takes the full path.
+#[inline(always)]
+fn fast_path(ctx: &SkBuffContext, c: &Container, dir: Direction) -> bool {
+    if dir == Direction::Ingress && c.judges_arrivals() {
+        return false;
+    }
+    let skb = ctx::skb(ctx);
+    let (data, end) = ctx::skb_data(skb);
+    if data + 40 > end {
+        // Also every IPv4 packet shorter than 40 bytes: rare, and the full path is right.
+        return false;
+    }
+    // SAFETY: `data + 40 <= end`, checked just above as the verifier requires; the reads
+    // below stay within those 40 bytes.
+    let read32 = |off: usize| unsafe { core::ptr::read_unaligned((data + off) as *const u32) };
+    // SAFETY: as above.
+    let first = unsafe { *(data as *const u8) };
+    let proto = match first >> 4 {
+        4 => {
+            let local = Ip4(read32(if dir == Direction::Ingress { 16 } else { 12 }));
+            if !(c.has_v4() && local == c.v4) && local != c.lo4 {
+                return false;
+            }
+            // SAFETY: as above.
+            unsafe { *((data + 9) as *const u8) }
+        }
+        6 => {
+            let at = if dir == Direction::Ingress { 24 } else { 8 };
+            let local = Ip6([read32(at), read32(at + 4), read32(at + 8), read32(at + 12)]);
+            if !c.has_v6() || local != c.v6 {
+                return false;
+            }
+            // SAFETY: as above.
+            let next = unsafe { *((data + 6) as *const u8) };
+            if next != IPPROTO_TCP && next != IPPROTO_UDP8 && next != IPPROTO_ICMPV6 {
+                return false;
+            }
+            next
+        }
+        _ => return false,
+    };
+    !(dir == Direction::Egress && proto == IPPROTO_UDP8 && needs_registering(skb))
+}
+
+/// A UDP socket autobound to the wildcard (sendto() without bind()) can receive replies, and
+/// socket lookup must know it: one that is not connected and not registered yet.
+#[inline(always)]
+fn needs_registering(skb: *mut aya_ebpf::bindings::__sk_buff) -> bool {
+    let ctx::SkbSocket::Full(sk) = ctx::skb_socket(skb) else {
+        return false;
+    };
+    if ctx::socket_state(sk.cast()) == TCP_ESTABLISHED {
+        return false;
+    }
+    maps::sock_info(sk, false).is_some_and(|info| info.cookie == 0)
+}
+
+/// The full path: parse the packet, look every address up.
 #[inline(always)]
 fn try_skb(ctx: &SkBuffContext, c: &Container, dir: Direction) -> Packet {
     let h = packet::from_ip(&ctx.skb);
@@ -138,7 +182,9 @@ fn try_skb(ctx: &SkBuffContext, c: &Container, dir: Direction) -> Packet {
         return Packet::Attributed(c.id);
     }
     // The receiving side of the policy: who sent a packet that opens a flow?
-    if packet::opens_flow(ctx.as_ptr(), &h, c.id, ctx::skb_socket_state(ctx::skb(ctx))) {
+    if c.judges_arrivals()
+        && packet::opens_flow(ctx.as_ptr(), &h, c.id, ctx::skb_socket_state(ctx::skb(ctx)))
+    {
         if let Some(from) = container::owner(h.family, &remote) {
             if policy::reach(from, Some(c.id), &Maps).is_err() {
                 return drop(counter::POLICY_DROPPED);
@@ -148,8 +194,8 @@ fn try_skb(ctx: &SkBuffContext, c: &Container, dir: Direction) -> Packet {
     Packet::Attributed(c.id)
 }
 
-/// A UDP socket autobound to the wildcard (sendto() without bind()) can receive replies:
-/// register it as a receiver on its first packet, as post_bind does for explicit binds.
+/// Registers an autobound UDP socket as a receiver on its first packet, as post_bind does
+/// for explicit binds.
 #[inline(always)]
 fn register_autobound(ctx: &SkBuffContext, c: &Container) {
     let ctx::SkbSocket::Full(sk) = ctx::skb_socket(ctx::skb(ctx)) else {
@@ -172,53 +218,28 @@ fn register_autobound(ctx: &SkBuffContext, c: &Container) {
     );
 }
 
-/// A packet for a host socket that would open a flow to a container's address: that flow
-/// belongs to the container alone. Established flows are not looked at.
-#[inline(always)]
-fn try_host_ingress(ctx: &SkBuffContext) -> Packet {
-    let skb = ctx::skb(ctx);
-    let ctx::SkbSocket::Full(sk) = ctx::skb_socket(skb) else {
-        return Packet::NotOurs;
-    };
-    let (_, protocol, _, _) = ctx::socket_binding(sk);
-    let state = ctx::socket_state(sk.cast());
-    let opens = match protocol {
-        IPPROTO_TCP => state == TCP_LISTEN,
-        IPPROTO_UDP => state != TCP_ESTABLISHED,
-        _ => false,
-    };
-    if !opens {
-        return Packet::NotOurs;
-    }
-    let h = packet::from_ip(&ctx.skb);
-    if !h.is_ip() {
-        return Packet::NotOurs;
-    }
-    match container::of_destination(h.family, &h.dst).and_then(maps::container_of_id) {
-        Some(c) => Packet::Drop {
-            c,
-            kind: counter::LOOKUP_REFUSED,
-            subject: Subject {
-                family: h.family,
-                addr: h.src,
-                port: 0,
-            },
-        },
-        None => Packet::NotOurs,
-    }
-}
-
-/// The loop-back copy of a container's broadcast or multicast: made before egress ran, it
-/// has no socket, but it carries the sender's mark. Its source must be one the sender owns.
-/// Some(drop) when it does not; None for every other packet.
-#[inline(always)]
-fn loopback_copy(ctx: &SkBuffContext) -> Option<Packet> {
-    let (mark, pkt_type) = ctx::skb_mark_and_type(ctx::skb(ctx));
+/// At the cgroup root: the loop-back copy of a container's broadcast or multicast. Everything
+/// else leaves after two context reads.
+#[cgroup_skb(ingress)]
+pub fn guard(ctx: SkBuffContext) -> i32 {
+    let (mark, pkt_type) = ctx::skb_mark_and_type(ctx::skb(&ctx));
     if pkt_type != PACKET_LOOPBACK {
-        return None;
+        return PASS;
     }
-    let sender = maps::container_of_id(container_of_mark(mark)?)?;
-    foreign_copy(&sender, &packet::from_ip(&ctx.skb))
+    let Some(sender) = container_of_mark(mark).and_then(maps::container_of_id) else {
+        return PASS;
+    };
+    if container::disabled() {
+        return PASS;
+    }
+    let Some(drop) = foreign_copy(&sender, &packet::from_ip(&ctx.skb)) else {
+        return PASS;
+    };
+    if verdict::packet(drop, ctx.len(), &Traffic::NONE) {
+        PASS
+    } else {
+        DROP
+    }
 }
 
 /// A drop when a loop-back copy of `sender`'s packet carries a source `sender` does not own.

@@ -43,7 +43,7 @@ fn run(ctx: &TcContext, traffic: Traffic, try_tc: fn(&TcContext) -> Packet) -> i
     if container::disabled() {
         return TC_NEXT;
     }
-    if verdict::packet(try_tc(ctx), traffic, ctx.len()) {
+    if verdict::packet(try_tc(ctx), ctx.len(), &traffic) {
         TC_NEXT
     } else {
         TC_DROP

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::{
     api::{IfaceInfo, IfaceState, Mode, PolicyAction, PolicyRule, Status},
     cgroup,
-    datapath::{Datapath, DatapathError, Entry, IfaceStatus, PROGRAMS, STEER},
+    datapath::{Datapath, DatapathError, Entry, IfaceStatus, PER_CONTAINER, PROGRAMS, STEER},
     state::{ContainerSpec, State, StateError},
 };
 
@@ -42,16 +42,18 @@ pub enum ServiceError {
 
 pub type Result<T> = std::result::Result<T, ServiceError>;
 
-/// What the datapath needs of a registered container.
-pub fn entry(spec: &ContainerSpec) -> Entry {
+/// What the datapath needs of a registered container; `state` holds the rules that name it.
+pub fn entry(name: &str, spec: &ContainerSpec, state: &State) -> Entry {
     Entry {
         id: ContainerId(spec.id),
+        cgroup: spec.cgroup.clone(),
         cgroup_id: spec.cgroup_id,
         cgroup_level: spec.cgroup_level,
         ips: spec.ips.clone(),
         audit: spec.mode == Mode::Audit,
         allow_raw: spec.allow_raw,
         isolated: spec.isolated,
+        deny_rules: state.rules.iter().any(|r| !r.allow && r.to == name),
     }
 }
 
@@ -70,7 +72,11 @@ fn rule_ids(state: &State) -> Vec<(ContainerId, ContainerId, bool)> {
 
 /// Makes the kernel hold exactly what `state` says (containers, levels, rules, switch).
 fn apply_all(dp: &mut Datapath, state: &State) -> std::result::Result<(), DatapathError> {
-    let entries: Vec<Entry> = state.containers.values().map(entry).collect();
+    let entries: Vec<Entry> = state
+        .containers
+        .iter()
+        .map(|(name, spec)| entry(name, spec, state))
+        .collect();
     dp.reconcile(&entries)?;
     dp.reconcile_rules(&rule_ids(state))?;
     dp.set_enabled(state.enabled)
@@ -177,6 +183,7 @@ impl Service {
             programs: PROGRAMS
                 .iter()
                 .chain([&STEER])
+                .chain(&PER_CONTAINER)
                 .map(|(p, _)| (*p).to_owned())
                 .collect(),
             ifaces: self.state.ifaces.clone(),
@@ -286,7 +293,12 @@ impl Service {
             allow,
         });
         let (f, t) = (ContainerId(from), ContainerId(to));
-        self.change(next, |dp| dp.set_rule(f, t, Some(allow)))?;
+        // The destination's flags say whether a deny rule names it.
+        let target = entry(&req.to, self.spec(&req.to)?, &next);
+        self.change(next, |dp| {
+            dp.set_rule(f, t, Some(allow))?;
+            dp.register(&target)
+        })?;
         info!(
             "policy: {} {} -> {}",
             if allow { "allow" } else { "deny" },

@@ -19,9 +19,8 @@ use super::{io_err, link_err, pin_program, program_err, raw_bpf, DatapathError};
 
 /// Every program netiso attaches at the cgroup root: ELF function name and kernel attach type
 /// (enum bpf_attach_type), for the raw link calls.
-pub const PROGRAMS: [(&str, u32); 14] = [
+pub const PROGRAMS: [(&str, u32); 12] = [
     ("sock_create", 2),   // BPF_CGROUP_INET_SOCK_CREATE
-    ("listen", 3),        // BPF_CGROUP_SOCK_OPS
     ("post_bind4", 12),   // BPF_CGROUP_INET4_POST_BIND
     ("post_bind6", 13),   // BPF_CGROUP_INET6_POST_BIND
     ("sock_release", 34), // BPF_CGROUP_INET_SOCK_RELEASE
@@ -32,8 +31,15 @@ pub const PROGRAMS: [(&str, u32); 14] = [
     ("sendmsg4", 14),     // BPF_CGROUP_UDP4_SENDMSG
     ("sendmsg6", 15),     // BPF_CGROUP_UDP6_SENDMSG
     ("setsockopt", 22),   // BPF_CGROUP_SETSOCKOPT
-    ("ingress", 0),       // BPF_CGROUP_INET_INGRESS
-    ("egress", 1),        // BPF_CGROUP_INET_EGRESS
+    ("guard", 0),         // BPF_CGROUP_INET_INGRESS
+];
+
+/// The programs attached to each container's cgroup, not at the root: they run for every
+/// packet or every TCP event, and host sockets run none of them (see `skb`).
+pub const PER_CONTAINER: [(&str, u32); 3] = [
+    ("ingress", 0), // BPF_CGROUP_INET_INGRESS
+    ("egress", 1),  // BPF_CGROUP_INET_EGRESS
+    ("listen", 3),  // BPF_CGROUP_SOCK_OPS
 ];
 
 /// The socket-lookup program and its attach type (BPF_SK_LOOKUP), linked to the agent's
@@ -61,6 +67,13 @@ pub(super) fn cgroup_programs(
         } else {
             attach(name, prog, attach_type, &cgroup, &pin)?;
         }
+        pin_program(ebpf, name, progs)?;
+    }
+    for (name, _) in PER_CONTAINER {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
+        load(prog).map_err(program_err(name))?;
         pin_program(ebpf, name, progs)?;
     }
     Ok(())
@@ -109,7 +122,7 @@ fn load(prog: &mut Program) -> Result<(), ProgramError> {
 }
 
 /// A link pinned by an earlier agent: switch it to this agent's program, atomically.
-fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathError> {
+pub(super) fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathError> {
     let link = raw_bpf::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
     raw_bpf::link_update(link.as_fd(), prog).map_err(io_err("updating pinned link", pin))?;
     info!("adopted pinned link for {name}, program replaced atomically");
@@ -119,7 +132,7 @@ fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathErr
 /// A new bpf link at the cgroup root, pinned so it outlives the agent. Links compose with
 /// other programs at the same cgroup whatever the mode, which only applies to old-style
 /// attachments.
-fn attach(
+pub(super) fn attach(
     name: &'static str,
     prog: &mut Program,
     attach_type: u32,

@@ -5,8 +5,8 @@ use std::{collections::HashSet, hash::Hash, mem::size_of, net::IpAddr, path::Pat
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use log::debug;
 use netiso_common::{
-    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PolicyKey, Receiver,
-    SockInfo,
+    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PacketCounters,
+    PolicyKey, Receiver, SockInfo,
 };
 
 use super::{Datapath, DatapathError, Entry};
@@ -16,7 +16,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 }
 
 /// Key and value sizes of every hash/array map, as the eBPF object defines them.
-const LAYOUTS: [(&str, usize, usize); 9] = [
+const LAYOUTS: [(&str, usize, usize); 11] = [
     (maps::CONTAINERS, size_of::<u64>(), size_of::<Container>()),
     (maps::OWNED4, size_of::<Ip4>(), size_of::<ContainerId>()),
     (maps::OWNED6, size_of::<Ip6>(), size_of::<ContainerId>()),
@@ -31,6 +31,9 @@ const LAYOUTS: [(&str, usize, usize); 9] = [
     (maps::RECEIVERS, size_of::<Receiver>(), size_of::<u64>()),
     // Socket storage is keyed by the socket (an fd, 4 bytes, from user space).
     (maps::SOCKS, size_of::<i32>(), size_of::<SockInfo>()),
+    // Keyed by struct bpf_cgroup_storage_key { u64 cgroup id; u32 attach type; } (padded).
+    (maps::CG_INFO, 16, size_of::<Container>()),
+    (maps::CG_COUNTERS, 16, size_of::<PacketCounters>()),
 ];
 
 /// Refuses pins left by a netiso whose maps have another layout: reusing them would make the
@@ -178,7 +181,8 @@ impl Datapath {
             .map_err(map_err(maps::IDS))?;
         self.hash(maps::CONTAINERS)?
             .insert(e.cgroup_id, value, 0)
-            .map_err(map_err(maps::CONTAINERS))
+            .map_err(map_err(maps::CONTAINERS))?;
+        self.attach_packet_programs(e)
     }
 
     /// Removes a container. Every step before the last only tightens: its addresses and id go
@@ -199,6 +203,7 @@ impl Datapath {
         })?;
         let mut containers: HashMap<_, u64, Container> = self.hash(maps::CONTAINERS)?;
         ignore_missing(containers.remove(&e.cgroup_id)).map_err(map_err(maps::CONTAINERS))?;
+        self.detach_packet_programs(e.cgroup_id)?;
         if let Err(err) = ignore_missing(self.counters_map()?.remove(&e.id)) {
             log::warn!("removing the counters of container {}: {err}", e.id.0);
         }
@@ -298,6 +303,7 @@ impl Datapath {
             &cgroups,
             maps::CONTAINERS,
         )?;
+        self.prune_packet_programs(&cgroups)?;
         prune(
             self.hash::<Ip4, ContainerId>(maps::OWNED4)?,
             &keep4,
@@ -325,15 +331,30 @@ impl Datapath {
         Ok(())
     }
 
-    /// A container's counters summed over CPUs, indexed as `netiso_common::counter`.
-    pub fn counters(&mut self, id: ContainerId) -> Result<[u64; counter::LEN], DatapathError> {
+    /// A container's counters summed over CPUs, indexed as `netiso_common::counter`: those of
+    /// the shared map and those its packet programs keep in their attachment storage.
+    pub fn counters(&mut self, e: &Entry) -> Result<[u64; counter::LEN], DatapathError> {
         let mut sum = [0u64; counter::LEN];
-        if let Ok(values) = self.counters_map()?.get(&id, 0) {
+        if let Ok(values) = self.counters_map()?.get(&e.id, 0) {
             for cpu in values.iter() {
                 for (s, v) in sum.iter_mut().zip(cpu.v.iter()) {
                     *s += v;
                 }
             }
+        }
+        let (rx, tx) = self.packet_counters(e.cgroup_id)?;
+        for (index, value) in [
+            (counter::RX_PACKETS, rx.packets),
+            (counter::RX_BYTES, rx.bytes),
+            (counter::INGRESS_DROPPED, rx.dropped),
+            (counter::POLICY_DROPPED, rx.policy_dropped),
+            (counter::AUDITED, rx.audited + tx.audited),
+            (counter::TX_PACKETS, tx.packets),
+            (counter::TX_BYTES, tx.bytes),
+            (counter::EGRESS_DROPPED, tx.dropped),
+            (counter::HEADER_DROPPED, tx.header_dropped),
+        ] {
+            sum[index] += value;
         }
         Ok(sum)
     }

@@ -10,6 +10,7 @@
 mod attach;
 mod maps;
 mod raw_bpf;
+mod skb;
 mod tc;
 
 use std::{
@@ -25,13 +26,13 @@ use aya::{
 };
 use log::debug;
 use netiso_common::{
-    policy, Container, ContainerId, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_HAS_V4, FLAG_HAS_V6,
-    FLAG_ISOLATED,
+    policy, Container, ContainerId, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_DENY_RULES, FLAG_HAS_V4,
+    FLAG_HAS_V6, FLAG_ISOLATED,
 };
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
-pub use attach::{PROGRAMS, STEER};
+pub use attach::{PER_CONTAINER, PROGRAMS, STEER};
 pub use tc::{IfaceStatus, TC_PROGRAMS};
 
 use crate::sys;
@@ -116,7 +117,8 @@ impl PinLock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: ContainerId,
-    /// The cgroup's id (its inode number) and depth below the cgroup2 mount.
+    /// The cgroup's path, id (its inode number) and depth below the cgroup2 mount.
+    pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub cgroup_level: u32,
     /// Owned addresses; the first of each family is the primary.
@@ -124,6 +126,8 @@ pub struct Entry {
     pub audit: bool,
     pub allow_raw: bool,
     pub isolated: bool,
+    /// An explicit deny rule names this container as destination.
+    pub deny_rules: bool,
 }
 
 impl Entry {
@@ -134,7 +138,8 @@ impl Entry {
             id: self.id,
             flags: flag(self.audit, FLAG_AUDIT)
                 | flag(self.allow_raw, FLAG_ALLOW_RAW)
-                | flag(self.isolated, FLAG_ISOLATED),
+                | flag(self.isolated, FLAG_ISOLATED)
+                | flag(self.deny_rules, FLAG_DENY_RULES),
             lo4: policy::loopback_for(self.id),
             ..Container::default()
         };
@@ -159,6 +164,8 @@ impl Entry {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs: PathBuf,
+    /// Cgroups whose packet programs this agent attached or adopted.
+    attached: std::collections::HashSet<u64>,
     _lock: PinLock,
 }
 
@@ -193,6 +200,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             bpffs: bpffs.to_owned(),
+            attached: std::collections::HashSet::new(),
             _lock: lock,
         })
     }

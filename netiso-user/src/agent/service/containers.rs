@@ -5,6 +5,7 @@ use log::info;
 use netiso_common::{counter, policy, ContainerId};
 
 use super::{entry, rule_ids, Result, Service, ServiceError};
+use crate::datapath::Entry;
 use crate::{
     api::{AddContainer, ContainerInfo, Mode},
     cgroup,
@@ -19,7 +20,7 @@ impl Service {
 
     pub fn show(&mut self, name: &str) -> Result<ContainerInfo> {
         let spec = self.spec(name)?.clone();
-        let values = self.datapath.counters(ContainerId(spec.id))?;
+        let values = self.datapath.counters(&entry(name, &spec, &self.state))?;
         let counters: BTreeMap<String, u64> = counter::NAMES
             .iter()
             .zip(values)
@@ -107,9 +108,10 @@ impl Service {
         next.next_id += 1;
         next.containers.insert(req.name.clone(), spec.clone());
         let levels: Vec<u32> = next.containers.values().map(|s| s.cgroup_level).collect();
+        let e = entry(&req.name, &spec, &next);
         self.change(next, |dp| {
             dp.set_levels(levels)?;
-            dp.register(&entry(&spec))
+            dp.register(&e)
         })?;
         info!(
             "registered container {} ({})",
@@ -127,9 +129,21 @@ impl Service {
         next.rules.retain(|r| r.from != name && r.to != name);
         let rules = rule_ids(&next);
         let levels: Vec<u32> = next.containers.values().map(|s| s.cgroup_level).collect();
+        let e = entry(name, &spec, &self.state);
+        // Deny rules from it go too: their destinations may lose their deny flag.
+        let targets: Vec<Entry> = self
+            .state
+            .rules
+            .iter()
+            .filter(|r| !r.allow && r.from == name && r.to != name)
+            .filter_map(|r| next.containers.get(&r.to).map(|s| entry(&r.to, s, &next)))
+            .collect();
         self.change(next, |dp| {
-            dp.unregister(&entry(&spec))?;
+            dp.unregister(&e)?;
             dp.reconcile_rules(&rules)?;
+            for t in &targets {
+                dp.register(t)?;
+            }
             dp.set_levels(levels)
         })?;
         info!("unregistered container {name}");
@@ -146,11 +160,12 @@ impl Service {
     ) -> Result<ContainerInfo> {
         let mut next = self.state.clone();
         next.containers.insert(name.to_owned(), new.clone());
+        let e = entry(name, &new, &next);
         self.change(next, |dp| {
             if let Some(ip) = revoked {
                 dp.revoke(ip)?;
             }
-            dp.register(&entry(&new))
+            dp.register(&e)
         })?;
         self.show(name)
     }
