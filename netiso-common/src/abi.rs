@@ -210,17 +210,13 @@ pub mod counter {
     ];
 }
 
-/// What netiso keeps on every socket created in a container (socket-local storage `SOCKS`,
-/// cloned to accepted sockets): the container it belongs to, wherever it goes, and the
-/// receiver it registered for socket lookup, if any.
+/// What netiso keeps on a container socket that can receive new flows (socket-local storage
+/// `SOCKS`, created when it binds, listens or autobinds): the receiver it registered for
+/// socket lookup, until it is released.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockInfo {
-    /// The container's cgroup id (the `CONTAINERS` key): ids of removed cgroups are never
-    /// reused, so a socket can never fall to a later container.
-    pub cgroup: u64,
-    /// The socket cookie of the socket that registered `receiver` (0: none). Accepted sockets
-    /// inherit the storage but not the registration.
+    /// The socket cookie of the socket that registered `receiver` (0: none).
     pub cookie: u64,
     pub receiver: Receiver,
 }
@@ -243,8 +239,10 @@ pub struct Receiver {
 }
 
 /// The socket mark of container sockets: this tag in the high bits, the container id in the
-/// low 23. It travels with a socket's packets and with the copies the kernel makes of them
-/// (broadcast and multicast loop-back), which have no socket, so they can be attributed.
+/// low 23. Set at socket creation (a process needs CAP_NET_ADMIN to change it), it says which
+/// container a socket belongs to wherever it goes, and it travels with the socket's packets
+/// and with the copies the kernel makes of them (broadcast and multicast loop-back), which
+/// have no socket, so they can be attributed.
 pub const MARK_TAG: u32 = 0xa580_0000;
 pub const MARK_TAG_MASK: u32 = 0xff80_0000;
 
@@ -333,8 +331,8 @@ mod tests {
         assert_eq!(offset_of!(Receiver, version), 5);
         assert_eq!(offset_of!(Receiver, port), 6);
         assert_eq!(offset_of!(Receiver, addr), 8);
-        assert_eq!(size_of::<SockInfo>(), 8 + 8 + 24);
-        assert_eq!(offset_of!(SockInfo, receiver), 16);
+        assert_eq!(size_of::<SockInfo>(), 8 + 24);
+        assert_eq!(offset_of!(SockInfo, receiver), 8);
         assert_eq!(size_of::<PacketCounters>(), 6 * 8);
     }
 

@@ -2,10 +2,10 @@
 //!
 //! A container is a registered cgroup and everything below it; containers never nest, so at
 //! most one ancestor of a cgroup is registered. A socket belongs to the container it was
-//! created in, wherever it goes: sock_create records that container in the socket's storage,
-//! and every later hook reads it from there (one lookup), the way a network namespace owns
-//! the sockets made in it. Sockets without that record (made outside every container, or
-//! before their cgroup was registered) are the host's.
+//! created in, wherever it goes: sock_create gives it the container's mark, which it keeps
+//! (and passes to the connections it accepts), and every later hook reads it from there, the
+//! way a network namespace owns the sockets made in it. Sockets without that mark (made
+//! outside every container, or before their cgroup was registered) are the host's.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -13,7 +13,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
 };
 use netiso_common::{
-    config, policy::Registry, policy::AF_INET, Container, ContainerId, Ip4, Ip6, MAX_CGROUP_LEVELS,
+    abi::container_of_mark, config, policy::Registry, policy::AF_INET, Container, ContainerId,
+    Ip4, Ip6, MAX_CGROUP_LEVELS,
 };
 
 use crate::{ctx, maps};
@@ -36,13 +37,12 @@ pub fn of_task() -> Option<(u64, Container)> {
 /// was created in one that is still registered.
 #[inline(always)]
 pub fn of_socket(sk: *mut c_void) -> Option<Container> {
-    let info = maps::sock_info(sk, false)?;
-    maps::container_of_cgroup(info.cgroup)
+    maps::container_of_id(container_of_mark(ctx::socket_mark(sk))?)
 }
 
-/// The container of the socket an skb belongs to: its record, or for a socket without one
-/// (no inet hook saw it: AF_PACKET, the test socket of BPF_PROG_TEST_RUN; request and
-/// time-wait sockets) the cgroup it was made in. For TC egress, where packet sockets are
+/// The container of the socket an skb belongs to: its mark, or for a socket without one (no
+/// inet hook saw it: AF_PACKET, the test socket of BPF_PROG_TEST_RUN; request and time-wait
+/// sockets) the cgroup it was made in. For TC egress, where packet sockets are
 /// the point.
 #[inline(always)]
 pub fn of_skb_or_cgroup(skb: *mut __sk_buff) -> Option<Container> {

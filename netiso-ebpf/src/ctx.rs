@@ -330,6 +330,12 @@ pub fn skb_socket_state(skb: *mut __sk_buff) -> Option<u32> {
     }
 }
 
+/// The mark of a full socket (or of a cgroup/sock context's socket).
+#[inline(always)]
+pub fn socket_mark(sk: *mut c_void) -> u32 {
+    field!(sk.cast::<bpf_sock>(), mark)
+}
+
 /// Family, protocol, bound address (IPv4 held) and host-order port of a full socket.
 #[inline(always)]
 pub fn socket_binding(sk: *mut c_void) -> (u32, u32, Ip6, u16) {

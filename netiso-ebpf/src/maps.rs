@@ -20,8 +20,6 @@ use netiso_common::{
     Receiver, SockInfo, EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS,
 };
 
-/// Socket-local storage: copied to the child sockets a listener accepts.
-const BPF_F_CLONE: u32 = 1 << 9;
 /// libbpf's LIBBPF_PIN_BY_NAME: the loader pins the map under its pin directory.
 const PIN_BY_NAME: usize = 1;
 
@@ -56,23 +54,22 @@ pub use attachment::{attached_container, packet_counters};
 #[map(name = "RECEIVERS")]
 static RECEIVERS: HashMap<Receiver, u64> = HashMap::pinned(MAX_ADDRESSES, BPF_F_NO_PREALLOC);
 
-/// The BTF definition of a socket-storage map with the clone flag and pinning, which aya's
-/// `SkStorage` does not offer (its flags are fixed).
+/// The BTF definition of a pinned socket-storage map, which aya's `SkStorage` does not offer.
 #[repr(C)]
 pub struct SockStorage {
     r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
     key: *const i32,
     value: *const SockInfo,
     max_entries: *const [i32; 0],
-    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
     pinning: *const [i32; PIN_BY_NAME],
 }
 
 // SAFETY: the fields are never dereferenced; the loader reads their types from BTF.
 unsafe impl Sync for SockStorage {}
 
-/// Every socket created in a container carries its container here (`SockInfo`), from
-/// sock_create on, wherever it goes; pinned, so it survives agent restarts.
+/// The receiver a container socket registered (`SockInfo`); pinned, so a restarted agent's
+/// programs release what the earlier ones registered.
 #[btf_map(name = "SOCKS")]
 static SOCKS: SockStorage = SockStorage {
     r#type: ptr::null(),

@@ -146,7 +146,7 @@ fn needs_registering(skb: *mut aya_ebpf::bindings::__sk_buff) -> bool {
     if ctx::socket_state(sk.cast()) == TCP_ESTABLISHED {
         return false;
     }
-    maps::sock_info(sk, false).is_some_and(|info| info.cookie == 0)
+    maps::sock_info(sk, false).is_none_or(|info| info.cookie == 0)
 }
 
 /// The full path: parse the packet, look every address up.
@@ -201,14 +201,14 @@ fn register_autobound(ctx: &SkBuffContext, c: &Container) {
     let ctx::SkbSocket::Full(sk) = ctx::skb_socket(ctx::skb(ctx)) else {
         return;
     };
-    let Some(info) = maps::sock_info(sk, false) else {
+    let (family, protocol, bound, port) = ctx::socket_binding(sk);
+    if protocol != IPPROTO_UDP || !bound.is_unspecified() || port == 0 {
+        return;
+    }
+    let Some(info) = maps::sock_info(sk, true) else {
         return;
     };
     if info.cookie != 0 {
-        return;
-    }
-    let (family, protocol, bound, port) = ctx::socket_binding(sk);
-    if protocol != IPPROTO_UDP || !bound.is_unspecified() || port == 0 {
         return;
     }
     sock::add(

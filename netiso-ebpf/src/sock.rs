@@ -1,8 +1,8 @@
 //! cgroup/sock programs: the life of a socket.
 //!
-//! - sock_create: a socket made in a container belongs to it from now on (socket storage)
-//!   and carries its mark; a container may only create the socket kinds the address hooks
-//!   govern (TCP, UDP, ping) unless it was registered with `--allow-raw`.
+//! - sock_create: a socket made in a container belongs to it from now on: it carries the
+//!   container's mark. A container may only create the socket kinds the address hooks govern
+//!   (TCP, UDP, ping) unless it was registered with `--allow-raw`.
 //! - post_bind4/6: a container socket bound to an address and port can receive new flows
 //!   there; socket lookup ([`crate::sk_lookup`]) lets flows to a container's address through
 //!   only to such a socket.
@@ -11,12 +11,12 @@ use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 use netiso_common::{
     abi::mark_for,
     counter,
-    policy::{self, Deny, AF_INET, IPPROTO_TCP, IPPROTO_UDP},
+    policy::{self, Deny, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     Container, Ip6, Receiver, SockInfo,
 };
 
 use crate::{
-    container,
+    container::{self, Maps},
     ctx::Sock,
     maps,
     verdict::{self, Hook, Outcome, Subject},
@@ -30,14 +30,11 @@ const SOCKET: Hook = Hook {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let Some((cgroup, c)) = container::of_task() else {
+    let Some((_, c)) = container::of_task() else {
         return 1;
     };
     // Ownership is bookkeeping, not enforcement: recorded also while netiso is disabled, so
     // that enabling it again governs every socket made meanwhile.
-    if let Some(info) = maps::sock_info(ctx.socket(), true) {
-        info.cgroup = cgroup;
-    }
     ctx.set_mark(mark_for(c.id));
     if container::disabled() {
         return 1;
@@ -70,17 +67,24 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
     1
 }
 
-/// Records a container socket bound to `addr:port` as a receiver (once per socket).
+/// Records a socket a container's task bound to one of the container's addresses (or its
+/// loopback) as a receiver of that container, once per socket. By the binding task: a
+/// post_bind program cannot read the socket's mark, and the bind hook has already judged the
+/// socket by its own container.
 #[inline(always)]
 fn register(ctx: &SockContext, version: u8, addr: Ip6, port: u16) {
     let (_, _, protocol) = ctx.kind();
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return;
     }
-    let Some(info) = maps::sock_info(ctx.socket(), false) else {
+    let Some((_, c)) = container::of_task() else {
         return;
     };
-    let Some(c) = maps::container_of_cgroup(info.cgroup) else {
+    let family = if version == 4 { AF_INET } else { AF_INET6 };
+    if !addr.is_unspecified() && policy::packet(&c, family, &addr, &Maps).is_err() {
+        return;
+    }
+    let Some(info) = maps::sock_info(ctx.socket(), true) else {
         return;
     };
     let key = Receiver {

@@ -4,7 +4,7 @@
 use aya_ebpf::{bindings::BPF_SOCK_OPS_TCP_LISTEN_CB, macros::sock_ops, programs::SockOpsContext};
 use netiso_common::{policy::IPPROTO_TCP, Ip6, Receiver};
 
-use crate::{ctx, maps, sock};
+use crate::{container, ctx, maps, sock};
 
 #[sock_ops]
 pub fn listen(ctx: SockOpsContext) -> u32 {
@@ -19,10 +19,10 @@ fn register_listener(ctx: &SockOpsContext) {
     let Some((sk, version, addr, port)) = ctx::listener(ctx) else {
         return;
     };
-    let Some(info) = maps::sock_info(sk, false) else {
+    let Some(c) = container::of_socket(sk) else {
         return;
     };
-    let Some(c) = maps::container_of_cgroup(info.cgroup) else {
+    let Some(info) = maps::sock_info(sk, true) else {
         return;
     };
     // A v4-mapped bind receives IPv4.
