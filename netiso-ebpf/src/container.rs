@@ -13,8 +13,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
 };
 use netiso_common::{
-    abi::container_of_mark, config, policy::Registry, policy::AF_INET, Container, ContainerId,
-    Ip4, Ip6, MAX_CGROUP_LEVELS,
+    abi::container_of_mark, config, policy::Registry, policy::AF_INET, Container, ContainerId, Ip4,
+    Ip6, MAX_CGROUP_LEVELS,
 };
 
 use crate::{ctx, maps};

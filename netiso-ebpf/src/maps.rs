@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
 };
 use netiso_common::{
-    config, Container, ContainerId, Counters, Event, Ip4, Ip6, PolicyKey,
-    Receiver, SockInfo, EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS,
+    config, Container, ContainerId, Counters, Event, Ip4, Ip6, PolicyKey, Receiver, SockInfo,
+    EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS,
 };
 
 /// libbpf's LIBBPF_PIN_BY_NAME: the loader pins the map under its pin directory.
@@ -213,7 +213,10 @@ pub fn emit(ev: &Event) {
 /// this map type deprecated in favour of CGRP_STORAGE, which is keyed by cgroup rather than by
 /// attachment and needs a cgroup pointer the packet path does not have; the attachment is
 /// exactly what is needed here.
-#[expect(deprecated, reason = "attachment-local storage is what the packet path needs")]
+#[expect(
+    deprecated,
+    reason = "attachment-local storage is what the packet path needs"
+)]
 mod attachment {
     use aya_ebpf::{
         macros::map,
@@ -226,11 +229,11 @@ mod attachment {
     /// zero until the agent has written it.
     #[map(name = "CG_INFO")]
     static CG_INFO: CgroupStorage<Container> = CgroupStorage::pinned();
-    
+
     /// That attachment's per-CPU packet counters.
     #[map(name = "CG_COUNTERS")]
     static CG_COUNTERS: PerCpuCgroupStorage<PacketCounters> = PerCpuCgroupStorage::pinned();
-    
+
     /// The container of the cgroup the running cgroup_skb program is attached to, once the agent
     /// has written it.
     #[inline(always)]
@@ -240,7 +243,7 @@ mod attachment {
         let c = unsafe { *CG_INFO.get_ptr_mut() };
         (c.id.0 != 0).then_some(c)
     }
-    
+
     /// This attachment's packet counters for the running CPU.
     #[inline(always)]
     pub fn packet_counters() -> *mut PacketCounters {

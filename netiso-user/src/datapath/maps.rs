@@ -5,8 +5,8 @@ use std::{collections::HashSet, hash::Hash, mem::size_of, net::IpAddr, path::Pat
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use log::debug;
 use netiso_common::{
-    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PacketCounters,
-    PolicyKey, Receiver, SockInfo,
+    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PacketCounters, PolicyKey,
+    Receiver, SockInfo,
 };
 
 use super::{Datapath, DatapathError, Entry};

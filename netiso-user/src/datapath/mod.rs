@@ -115,6 +115,10 @@ impl PinLock {
 
 /// A container as the datapath needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of a container, mirrored from the state"
+)]
 pub struct Entry {
     pub id: ContainerId,
     /// The cgroup's path, id (its inode number) and depth below the cgroup2 mount.

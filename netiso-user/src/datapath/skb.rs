@@ -3,7 +3,10 @@
 //! them. The packet programs are fed through their attachment storage: `CG_INFO` holds the
 //! container (the packet path reads it without a lookup), `CG_COUNTERS` its per-CPU packet
 //! counters.
-#![expect(deprecated, reason = "attachment-local cgroup storage, see netiso-ebpf's maps")]
+#![expect(
+    deprecated,
+    reason = "attachment-local cgroup storage, see netiso-ebpf's maps"
+)]
 
 use std::{
     collections::HashSet,
@@ -22,8 +25,7 @@ use log::debug;
 use netiso_common::{maps, Container, PacketCounters};
 
 use super::{
-    attach::PER_CONTAINER, io_err, link_err, program_err, raw_bpf, Datapath, DatapathError,
-    Entry,
+    attach::PER_CONTAINER, io_err, link_err, program_err, raw_bpf, Datapath, DatapathError, Entry,
 };
 
 /// Pins of per-container links start with this; the rest is `<direction>@<cgroup id>`.
@@ -131,7 +133,10 @@ impl Datapath {
     }
 
     /// Detaches the packet programs of cgroups not in `keep` (left by removed containers).
-    pub(super) fn prune_packet_programs(&mut self, keep: &HashSet<u64>) -> Result<(), DatapathError> {
+    pub(super) fn prune_packet_programs(
+        &mut self,
+        keep: &HashSet<u64>,
+    ) -> Result<(), DatapathError> {
         let dir = self.bpffs.join("links");
         let entries = fs::read_dir(&dir).map_err(io_err("reading", &dir))?;
         let mut stale = HashSet::new();
@@ -161,7 +166,10 @@ impl Datapath {
         &mut self,
         cgroup_id: u64,
     ) -> Result<(PacketCounters, PacketCounters), DatapathError> {
-        let m = self.ebpf.map_mut(maps::CG_COUNTERS).expect("CG_COUNTERS map");
+        let m = self
+            .ebpf
+            .map_mut(maps::CG_COUNTERS)
+            .expect("CG_COUNTERS map");
         let storage: PerCpuCgroupStorage<&mut MapData, PacketCounters> =
             PerCpuCgroupStorage::try_from(m).map_err(map_err(maps::CG_COUNTERS))?;
         let sum = |attach_type| {
