@@ -178,7 +178,10 @@ pub mod counter {
     /// no socket of the container would receive: refused at socket lookup, as a namespace
     /// without such a socket would (TCP reset, ICMP port unreachable).
     pub const LOOKUP_REFUSED: usize = 26;
-    pub const LEN: usize = 27;
+    /// Connects and sends to abstract unix names the operator did not list, for containers
+    /// whose abstract unix sockets are restricted.
+    pub const UNIX_REFUSED: usize = 27;
+    pub const LEN: usize = 28;
     pub const NAMES: [&str; LEN] = [
         "bind_allowed",
         "bind_rewritten",
@@ -207,6 +210,7 @@ pub mod counter {
         "malformed_dropped",
         "header_dropped",
         "lookup_refused",
+        "unix_refused",
     ];
 }
 
@@ -260,6 +264,43 @@ pub const fn container_of_mark(mark: u32) -> Option<ContainerId> {
     }
 }
 
+/// Longest abstract unix socket name: `sun_path` (108 bytes) without its leading NUL.
+pub const UNIX_NAME_MAX: usize = 107;
+/// Capacity of `UNIX_ALLOW`.
+pub const MAX_UNIX_NAMES: u32 = 16_384;
+
+/// Key of `UNIX_ALLOW`: container `container` may connect and send to the abstract unix
+/// socket `name[..len]` (the bytes after the leading NUL, the rest zero). Abstract names are
+/// byte strings delimited by the address length, so the length is part of the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixName {
+    pub container: ContainerId,
+    pub len: u32,
+    pub name: [u8; UNIX_NAME_MAX + 1],
+}
+
+impl UnixName {
+    /// The key for `name` (without the leading NUL); None when it is too long.
+    pub fn new(container: ContainerId, name: &[u8]) -> Option<UnixName> {
+        if name.len() > UNIX_NAME_MAX {
+            return None;
+        }
+        let mut k = UnixName {
+            container,
+            len: name.len() as u32,
+            name: [0; UNIX_NAME_MAX + 1],
+        };
+        k.name[..name.len()].copy_from_slice(name);
+        Some(k)
+    }
+
+    /// The name's bytes (without the leading NUL).
+    pub fn bytes(&self) -> &[u8] {
+        &self.name[..(self.len as usize).min(UNIX_NAME_MAX)]
+    }
+}
+
 /// Map names, shared so the agent finds what the eBPF object defines.
 pub mod maps {
     pub const CONTAINERS: &str = "CONTAINERS";
@@ -274,6 +315,7 @@ pub mod maps {
     pub const RECEIVERS: &str = "RECEIVERS";
     pub const CG_INFO: &str = "CG_INFO";
     pub const CG_COUNTERS: &str = "CG_COUNTERS";
+    pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
 }
 
 #[cfg(feature = "user")]
@@ -290,6 +332,7 @@ mod pod {
     unsafe impl aya::Pod for super::Receiver {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::PacketCounters {}
+    unsafe impl aya::Pod for super::UnixName {}
 }
 
 #[cfg(test)]
@@ -325,6 +368,11 @@ mod tests {
         assert_eq!(offset_of!(Event, family), 24);
         assert_eq!(offset_of!(Event, port), 28);
         assert_eq!(offset_of!(Event, addr), 32);
+
+        assert_eq!(size_of::<UnixName>(), 4 + 4 + 108);
+        assert_eq!(align_of::<UnixName>(), 4);
+        assert_eq!(offset_of!(UnixName, len), 4);
+        assert_eq!(offset_of!(UnixName, name), 8);
 
         assert_eq!(size_of::<Receiver>(), 4 + 1 + 1 + 2 + 16);
         assert_eq!(offset_of!(Receiver, proto), 4);

@@ -4,7 +4,7 @@
 //! apply the decision; keeping the decisions here means they are unit-tested on the host and the
 //! hooks stay thin. Nothing here may loop unboundedly or allocate: it runs in the kernel verifier.
 
-use crate::{packet::Kind, Container, ContainerId, Ip4, Ip6};
+use crate::{packet::Kind, Container, ContainerId, Ip4, Ip6, UnixName};
 
 pub const AF_UNSPEC: u32 = 0;
 pub const AF_INET: u32 = 2;
@@ -32,6 +32,9 @@ pub enum Deny {
     NotPermitted,
     /// The destination container does not accept this container (isolation policy).
     Policy,
+    /// An abstract unix name the container may not reach: what a network namespace in which
+    /// no socket has that name answers.
+    Unlisted,
 }
 
 impl Deny {
@@ -41,6 +44,7 @@ impl Deny {
             Deny::NetUnreach => 101,  // ENETUNREACH
             Deny::NotPermitted => 1,  // EPERM
             Deny::Policy => 13,       // EACCES
+            Deny::Unlisted => 111,    // ECONNREFUSED
         }
     }
 }
@@ -408,6 +412,26 @@ pub fn egress_headers(rthdr: bool) -> Result<(), Deny> {
         Err(Deny::NotPermitted)
     } else {
         Ok(())
+    }
+}
+
+/// The peer of a unix connect or send, as the hook read it.
+pub enum UnixPeer<'a> {
+    /// Unnamed or a filesystem path: the mount namespace and file permissions govern it.
+    Path,
+    Abstract(&'a UnixName),
+    /// The hook could not read the address.
+    Unreadable,
+}
+
+/// A container whose abstract unix sockets are restricted reaches only the abstract names
+/// the operator listed (`listed`). Paths pass; an address the hook cannot read fails closed.
+pub fn unix_peer(peer: UnixPeer<'_>, listed: impl FnOnce(&UnixName) -> bool) -> Result<(), Deny> {
+    match peer {
+        UnixPeer::Path => Ok(()),
+        UnixPeer::Abstract(name) if listed(name) => Ok(()),
+        UnixPeer::Abstract(_) => Err(Deny::Unlisted),
+        UnixPeer::Unreadable => Err(Deny::NotPermitted),
     }
 }
 

@@ -12,15 +12,15 @@ use core::{
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, sockaddr},
-    helpers::{bpf_bind, bpf_get_socket_cookie, bpf_sk_fullsock},
+    helpers::{bpf_bind, bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_sk_fullsock},
     programs::{
         SkBuffContext, SkLookupContext, SockAddrContext, SockContext, SockOpsContext,
         SockoptContext,
     },
 };
 use netiso_common::{
-    policy::{AF_INET, AF_INET6},
-    Ip4, Ip6,
+    policy::{UnixPeer, AF_INET, AF_INET6},
+    Ip4, Ip6, UnixName, UNIX_NAME_MAX,
 };
 
 /// Reads one u32 context field: `field!(ptr, name)`.
@@ -443,4 +443,68 @@ pub fn listener(ctx: &SockOpsContext) -> Option<(*mut c_void, u8, Ip6, u16)> {
 pub fn sock_ops_cookie(ctx: &SockOpsContext) -> u64 {
     // SAFETY: the helper reads the cookie of the context's socket.
     unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
+}
+
+/// `struct bpf_sock_addr_kern` (Linux 6.7+), what a sock_addr program's context pointer
+/// really points to. The unix hooks have no context field for the address: it is read from
+/// here (the agent loads these programs, and only a privileged loader may read kernel memory).
+#[repr(C)]
+struct SockAddrKern {
+    sk: u64,
+    uaddr: u64,
+    tmp_reg: u64,
+    t_ctx: u64,
+    uaddrlen: u32,
+}
+
+const AF_UNIX: u16 = 1;
+/// offsetof(struct sockaddr_un, sun_path)
+const SUN_PATH: usize = 2;
+
+/// The peer address of a unix connect or sendmsg hook. An abstract name is copied into
+/// `name` (zeroed by the caller beyond its length). The address is the kernel's copy of what
+/// the process passed, already checked by the kernel (family, 3..=110 bytes).
+#[inline(always)]
+pub fn unix_peer<'a>(ctx: &SockAddrContext, name: &'a mut UnixName) -> UnixPeer<'a> {
+    // SAFETY: the context pointer is valid kernel memory for this run; the helper copies it
+    // and reports a fault instead of taking it.
+    let Ok(kern) = (unsafe { bpf_probe_read_kernel(ctx.sock_addr.cast::<SockAddrKern>()) }) else {
+        return UnixPeer::Unreadable;
+    };
+    let len = kern.uaddrlen as usize;
+    if len > SUN_PATH + UNIX_NAME_MAX + 1 {
+        return UnixPeer::Unreadable;
+    }
+    // SAFETY: as above; the kernel's copy of the address is a sockaddr_storage (128 bytes),
+    // so the first 4 bytes are readable whatever the length.
+    let Ok(head) = (unsafe { bpf_probe_read_kernel(kern.uaddr as *const [u8; 4]) }) else {
+        return UnixPeer::Unreadable;
+    };
+    if u16::from_ne_bytes([head[0], head[1]]) != AF_UNIX {
+        // Not the layout this reader knows: fail closed.
+        return UnixPeer::Unreadable;
+    }
+    if len <= SUN_PATH || head[2] != 0 {
+        return UnixPeer::Path;
+    }
+    let n = len - SUN_PATH - 1;
+    if n > UNIX_NAME_MAX {
+        return UnixPeer::Unreadable;
+    }
+    if n > 0 {
+        // SAFETY: `n` bytes fit `name.name` (UNIX_NAME_MAX + 1 bytes); the source is the
+        // kernel's copy of the address, read with the checked helper.
+        let rc = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                name.name.as_mut_ptr().cast(),
+                n as u32,
+                (kern.uaddr as usize + SUN_PATH + 1) as *const c_void,
+            )
+        };
+        if rc != 0 {
+            return UnixPeer::Unreadable;
+        }
+    }
+    name.len = n as u32;
+    UnixPeer::Abstract(name)
 }

@@ -7,7 +7,8 @@
 //! - [`verdict`]: the one place a decision becomes enforce / audit / count / event.
 //! - one module per program kind: [`sock_addr`] (bind, connect, sendmsg), [`sock`]
 //!   (socket creation, bind, release), [`sock_ops`] (listen), [`sockopt`], [`skb`] (cgroup_skb), [`sk_lookup`]
-//!   (steering new flows by destination) and [`tc`] (per interface).
+//!   (steering new flows by destination), [`tc`] (per interface) and [`unix`] (abstract unix
+//!   sockets of containers that restrict them).
 //!
 //! Every program is a thin hook that calls a `try_*` function; `try_*` asks
 //! `netiso_common::policy` for a decision and applies it, and [`verdict`] turns the result
@@ -30,6 +31,7 @@ mod sock_addr;
 mod sock_ops;
 mod sockopt;
 mod tc;
+mod unix;
 mod verdict;
 
 #[cfg(not(test))]

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use netiso_common::{
     config, Container, ContainerId, Counters, Event, Ip4, Ip6, PolicyKey, Receiver, SockInfo,
-    EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS,
+    UnixName, EVENTS_BYTES, MAX_ADDRESSES, MAX_CONTAINERS, MAX_UNIX_NAMES,
 };
 
 /// libbpf's LIBBPF_PIN_BY_NAME: the loader pins the map under its pin directory.
@@ -135,6 +135,17 @@ pub fn remove_receiver(key: &Receiver) {
 pub fn has_receiver(key: &Receiver) -> bool {
     // SAFETY: only the presence is read.
     unsafe { RECEIVERS.get(key) }.is_some()
+}
+
+/// The abstract unix names containers with restricted abstract sockets may reach.
+#[map(name = "UNIX_ALLOW")]
+static UNIX_ALLOW: HashMap<UnixName, u32> = HashMap::pinned(MAX_UNIX_NAMES, BPF_F_NO_PREALLOC);
+
+/// Whether the operator listed this abstract unix name for its container.
+#[inline(always)]
+pub fn unix_listed(name: &UnixName) -> bool {
+    // SAFETY: only the presence is read.
+    unsafe { UNIX_ALLOW.get(name) }.is_some()
 }
 
 /// Refused, audited and dropped operations for `netiso events`. Best effort: when the agent

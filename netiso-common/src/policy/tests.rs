@@ -1,6 +1,6 @@
 //! Host unit tests of the isolation contract.
 use super::*;
-use crate::{FLAG_ALLOW_RAW, FLAG_HAS_V4, FLAG_HAS_V6};
+use crate::{FLAG_ALLOW_RAW, FLAG_HAS_V4, FLAG_HAS_V6, UNIX_NAME_MAX};
 
 fn v4(s: &str) -> Ip4 {
     Ip4::from(s.parse::<core::net::Ipv4Addr>().unwrap())
@@ -375,4 +375,35 @@ fn routing_headers_are_refused_at_the_socket_and_on_the_wire() {
     }
     assert_eq!(egress_headers(true), Err(Deny::NotPermitted));
     assert_eq!(egress_headers(false), Ok(()));
+}
+
+#[test]
+fn restricted_abstract_unix_reaches_listed_names_only() {
+    let id = ContainerId(7);
+    let listed = UnixName::new(id, b"allowed").unwrap();
+    let other = UnixName::new(id, b"other").unwrap();
+    let is_listed = |n: &UnixName| *n == listed;
+    assert_eq!(unix_peer(UnixPeer::Abstract(&listed), is_listed), Ok(()));
+    assert_eq!(
+        unix_peer(UnixPeer::Abstract(&other), is_listed),
+        Err(Deny::Unlisted)
+    );
+    assert_eq!(Deny::Unlisted.errno(), 111);
+    assert_eq!(unix_peer(UnixPeer::Path, |_| false), Ok(()));
+    assert_eq!(
+        unix_peer(UnixPeer::Unreadable, |_| true),
+        Err(Deny::NotPermitted)
+    );
+}
+
+#[test]
+fn abstract_names_are_keyed_by_their_bytes_and_length() {
+    let id = ContainerId(1);
+    let a = UnixName::new(id, b"x").unwrap();
+    let a0 = UnixName::new(id, b"x\0").unwrap();
+    assert_ne!(a, a0, "a trailing NUL is part of an abstract name");
+    assert_eq!(a0.bytes(), b"x\0");
+    assert!(UnixName::new(id, &[b'a'; UNIX_NAME_MAX]).is_some());
+    assert!(UnixName::new(id, &[b'a'; UNIX_NAME_MAX + 1]).is_none());
+    assert_ne!(a, UnixName::new(ContainerId(2), b"x").unwrap());
 }

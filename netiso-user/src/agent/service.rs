@@ -54,6 +54,7 @@ pub fn entry(name: &str, spec: &ContainerSpec, state: &State) -> Entry {
         allow_raw: spec.allow_raw,
         isolated: spec.isolated,
         deny_rules: state.rules.iter().any(|r| !r.allow && r.to == name),
+        unix_names: None,
     }
 }
 

@@ -86,7 +86,7 @@ fn prune<K: aya::Pod + Eq + Hash>(
 }
 
 impl Datapath {
-    fn hash<K: aya::Pod, V: aya::Pod>(
+    pub(super) fn hash<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
@@ -304,6 +304,7 @@ impl Datapath {
             maps::CONTAINERS,
         )?;
         self.prune_packet_programs(&cgroups)?;
+        self.prune_unix_names(|k| !ids.contains(&k.container))?;
         prune(
             self.hash::<Ip4, ContainerId>(maps::OWNED4)?,
             &keep4,

@@ -12,6 +12,7 @@ mod maps;
 mod raw_bpf;
 mod skb;
 mod tc;
+mod unix;
 
 use std::{
     fs, io,
@@ -34,6 +35,7 @@ use thiserror::Error;
 
 pub use attach::{PER_CONTAINER, PROGRAMS, STEER};
 pub use tc::{IfaceStatus, TC_PROGRAMS};
+pub use unix::UNIX_PROGRAMS;
 
 use crate::sys;
 
@@ -72,6 +74,8 @@ pub enum DatapathError {
         found: (u32, u32),
         expected: (u32, u32),
     },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -132,6 +136,8 @@ pub struct Entry {
     pub isolated: bool,
     /// An explicit deny rule names this container as destination.
     pub deny_rules: bool,
+    /// Some: its abstract unix sockets reach only these names (without the leading NUL).
+    pub unix_names: Option<Vec<Vec<u8>>>,
 }
 
 impl Entry {
@@ -170,6 +176,8 @@ pub struct Datapath {
     bpffs: PathBuf,
     /// Cgroups whose packet programs this agent attached or adopted.
     attached: std::collections::HashSet<u64>,
+    /// The abstract-unix programs, or why they could not be loaded.
+    unix: Result<unix::UnixPrograms, String>,
     _lock: PinLock,
 }
 
@@ -201,10 +209,15 @@ impl Datapath {
         attach::cgroup_programs(&mut ebpf, cgroup_root, &dirs[1], &dirs[2])?;
         attach::steering(&mut ebpf, &dirs[1], &dirs[2])?;
         tc::load(&mut ebpf, &dirs[2])?;
+        let unix = unix::load(&ebpf, &dirs[2]).map_err(|e| {
+            log::warn!("{e}: containers cannot restrict their abstract unix sockets");
+            e.to_string()
+        });
         Ok(Datapath {
             ebpf,
             bpffs: bpffs.to_owned(),
             attached: std::collections::HashSet::new(),
+            unix,
             _lock: lock,
         })
     }

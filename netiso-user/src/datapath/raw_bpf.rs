@@ -11,6 +11,7 @@ use std::{
 };
 
 // enum bpf_cmd
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -102,4 +103,51 @@ pub fn tcx_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok((info[2] & 0xffff_ffff) as u32)
+}
+
+/// Gap: aya 0.14 cannot load a program for an attach type it does not know (the unix
+/// sock_addr hooks). Loads `insns` (relocated `struct bpf_insn`s) as a GPL program of
+/// `prog_type` for `expected_attach_type`; on refusal the error carries the verifier's log.
+pub fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[aya_obj::generated::bpf_insn],
+    name: &str,
+) -> io::Result<OwnedFd> {
+    const LICENSE: &[u8] = b"GPL\0";
+    let load = |log: &mut [u8]| {
+        let mut attr = Attr::default();
+        // struct { u32 prog_type; u32 insn_cnt; u64 insns; u64 license; u32 log_level;
+        //   u32 log_size; u64 log_buf; u32 kern_version; u32 prog_flags; char prog_name[16];
+        //   u32 prog_ifindex; u32 expected_attach_type; ... }
+        attr[0] = u64::from(prog_type) | ((insns.len() as u64) << 32);
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = LICENSE.as_ptr() as u64;
+        if !log.is_empty() {
+            attr[3] = 1 | ((log.len() as u64) << 32);
+            attr[4] = log.as_mut_ptr() as u64;
+        }
+        let mut prog_name = [0u8; 16];
+        for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s;
+        }
+        attr[6] = u64::from_ne_bytes(prog_name[..8].try_into().expect("8 bytes"));
+        attr[7] = u64::from_ne_bytes(prog_name[8..].try_into().expect("8 bytes"));
+        attr[8] = u64::from(expected_attach_type) << 32;
+        bpf(BPF_PROG_LOAD, &mut attr).map(owned)
+    };
+    load(&mut []).or_else(|first| {
+        let mut log = vec![0u8; 1 << 20];
+        if let Ok(fd) = load(&mut log) {
+            return Ok(fd);
+        }
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        Err(io::Error::new(
+            first.kind(),
+            format!("{first}; verifier log (end):\n{tail}"),
+        ))
+    })
 }

@@ -45,15 +45,19 @@ impl Datapath {
     /// Makes the container's packet programs run for its cgroup: attaches them, or adopts the
     /// links an earlier agent pinned (switching them to this agent's programs), once per agent;
     /// then writes the container into their storage.
+    /// The abstract-unix programs follow the same path (see `unix`).
     pub(super) fn attach_packet_programs(&mut self, e: &Entry) -> Result<(), DatapathError> {
-        if !self.attached.contains(&e.cgroup_id) {
+        let first = !self.attached.contains(&e.cgroup_id);
+        if first {
             for (name, attach_type) in PER_CONTAINER {
                 let pin = self.skb_pin(name, e.cgroup_id);
                 self.link_packet_program(name, attach_type, &e.cgroup, &pin)?;
             }
-            self.attached.insert(e.cgroup_id);
         }
-        self.write_container(e.cgroup_id, &e.value())
+        self.write_container(e.cgroup_id, &e.value())?;
+        self.sync_unix(e, first)?;
+        self.attached.insert(e.cgroup_id);
+        Ok(())
     }
 
     fn link_packet_program(
@@ -128,6 +132,7 @@ impl Datapath {
                 _ => {}
             }
         }
+        self.detach_unix(cgroup_id)?;
         self.attached.remove(&cgroup_id);
         Ok(())
     }
@@ -144,6 +149,7 @@ impl Datapath {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(cgroup_id) = name
                 .strip_prefix(PIN_PREFIX)
+                .or_else(|| name.strip_prefix(super::unix::PIN_PREFIX))
                 .and_then(|rest| rest.split_once('@'))
                 .and_then(|(_, id)| id.parse::<u64>().ok())
             else {
