@@ -504,6 +504,7 @@ impl World {
                     mode: Mode::Enforce,
                     allow_raw: false,
                     isolated: false,
+                    abstract_unix: None,
                 };
                 self.api
                     .add_container(&req)

@@ -33,6 +33,7 @@ fn req(w: &World, name: String, ip: String) -> Result<AddContainer> {
         mode: Mode::Enforce,
         allow_raw: false,
         isolated: false,
+        abstract_unix: None,
     })
 }
 

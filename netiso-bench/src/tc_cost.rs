@@ -54,6 +54,7 @@ fn register(w: &World, name: &str, ips: &[String], isolated: bool) -> Result<()>
             mode: Mode::Enforce,
             allow_raw: false,
             isolated,
+            abstract_unix: None,
         })
         .with_context(|| format!("registering {name}"))?;
     Ok(())

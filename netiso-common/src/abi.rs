@@ -17,6 +17,10 @@ pub const FLAG_HAS_V4: u32 = 1 << 2;
 pub const FLAG_HAS_V6: u32 = 1 << 3;
 /// Container flag: reachable only from containers a policy rule allows.
 pub const FLAG_ISOLATED: u32 = 1 << 4;
+/// Container flag: an explicit `deny` rule names it as destination. With `FLAG_ISOLATED`,
+/// what makes its packet programs judge who opens a flow to it; without either, arriving
+/// packets need no policy lookup.
+pub const FLAG_DENY_RULES: u32 = 1 << 5;
 
 /// A registered container as the programs see it: the value of `CONTAINERS` (keyed by the
 /// cgroup id, u64) and of `IDS` (keyed by the container id).
@@ -50,6 +54,27 @@ impl Container {
     pub const fn isolated(&self) -> bool {
         self.flags & FLAG_ISOLATED != 0
     }
+    /// Whether some container may be refused when it opens a flow to this one.
+    pub const fn judges_arrivals(&self) -> bool {
+        self.flags & (FLAG_ISOLATED | FLAG_DENY_RULES) != 0
+    }
+}
+
+/// The per-CPU packet counters of one direction of a container's cgroup_skb program, kept in
+/// that attachment's cgroup storage (`CG_COUNTERS`): no map lookup on the packet path. The
+/// agent adds them to the container's other counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Not owned local address (or unreadable addresses).
+    pub dropped: u64,
+    /// Ingress: opened by a container the policy does not let in.
+    pub policy_dropped: u64,
+    /// Egress: carries an IPv6 routing header.
+    pub header_dropped: u64,
+    pub audited: u64,
 }
 
 /// Key of the `POLICY` map: may container `from` reach container `to`? Value 1 allow, 0 deny.
@@ -149,7 +174,17 @@ pub mod counter {
     /// Packets to or from the container dropped at an interface because their headers are
     /// truncated or malformed, or (egress) because they are not IP at all.
     pub const MALFORMED_DROPPED: usize = 24;
-    pub const LEN: usize = 25;
+    /// Packets of container sockets carrying headers a container may not send (IPv6 routing
+    /// headers, whatever path set them).
+    pub const HEADER_DROPPED: usize = 25;
+    /// Connections and datagrams to the container's addresses (or its private loopback) that
+    /// no socket of the container would receive: refused at socket lookup, as a namespace
+    /// without such a socket would (TCP reset, ICMP port unreachable).
+    pub const LOOKUP_REFUSED: usize = 26;
+    /// Connects and sends to abstract unix names the operator did not list, for containers
+    /// whose abstract unix sockets are restricted.
+    pub const UNIX_REFUSED: usize = 27;
+    pub const LEN: usize = 28;
     pub const NAMES: [&str; LEN] = [
         "bind_allowed",
         "bind_rewritten",
@@ -176,7 +211,97 @@ pub mod counter {
         "iface_tx_packets",
         "iface_tx_bytes",
         "malformed_dropped",
+        "header_dropped",
+        "lookup_refused",
+        "unix_refused",
     ];
+}
+
+/// What netiso keeps on a container socket that can receive new flows (socket-local storage
+/// `SOCKS`, created when it binds, listens or autobinds): the receiver it registered for
+/// socket lookup, until it is released.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockInfo {
+    /// The socket cookie of the socket that registered `receiver` (0: none).
+    pub cookie: u64,
+    pub receiver: Receiver,
+}
+
+/// Key of `RECEIVERS`: a container has a socket bound to `addr:port` (or to the wildcard of
+/// `family`, `addr` zero) for `proto`; the value counts such sockets. Socket lookup for a
+/// container's address passes only when one exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Receiver {
+    pub container: ContainerId,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    /// 4 or 6: the family of the bound address (a v4-mapped address counts as 4).
+    pub version: u8,
+    /// Host order.
+    pub port: u16,
+    /// IPv4 held as by [`Ip6::holding_v4`]; zero for a wildcard bind.
+    pub addr: Ip6,
+}
+
+/// The socket mark of container sockets: this tag in the high bits, the container id in the
+/// low 23. Set at socket creation (a process needs CAP_NET_ADMIN to change it), it says which
+/// container a socket belongs to wherever it goes, and it travels with the socket's packets
+/// and with the copies the kernel makes of them (broadcast and multicast loop-back), which
+/// have no socket, so they can be attributed.
+pub const MARK_TAG: u32 = 0xa580_0000;
+pub const MARK_TAG_MASK: u32 = 0xff80_0000;
+
+/// The mark container `id`'s sockets carry.
+pub const fn mark_for(id: ContainerId) -> u32 {
+    MARK_TAG | (id.0 & !MARK_TAG_MASK)
+}
+
+/// The container a mark names, if it carries netiso's tag.
+pub const fn container_of_mark(mark: u32) -> Option<ContainerId> {
+    if mark & MARK_TAG_MASK == MARK_TAG {
+        Some(ContainerId(mark & !MARK_TAG_MASK))
+    } else {
+        None
+    }
+}
+
+/// Longest abstract unix socket name: `sun_path` (108 bytes) without its leading NUL.
+pub const UNIX_NAME_MAX: usize = 107;
+/// Capacity of `UNIX_ALLOW`.
+pub const MAX_UNIX_NAMES: u32 = 16_384;
+
+/// Key of `UNIX_ALLOW`: container `container` may connect and send to the abstract unix
+/// socket `name[..len]` (the bytes after the leading NUL, the rest zero). Abstract names are
+/// byte strings delimited by the address length, so the length is part of the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixName {
+    pub container: ContainerId,
+    pub len: u32,
+    pub name: [u8; UNIX_NAME_MAX + 1],
+}
+
+impl UnixName {
+    /// The key for `name` (without the leading NUL); None when it is too long.
+    pub fn new(container: ContainerId, name: &[u8]) -> Option<UnixName> {
+        if name.len() > UNIX_NAME_MAX {
+            return None;
+        }
+        let mut k = UnixName {
+            container,
+            len: name.len() as u32,
+            name: [0; UNIX_NAME_MAX + 1],
+        };
+        k.name[..name.len()].copy_from_slice(name);
+        Some(k)
+    }
+
+    /// The name's bytes (without the leading NUL).
+    pub fn bytes(&self) -> &[u8] {
+        &self.name[..(self.len as usize).min(UNIX_NAME_MAX)]
+    }
 }
 
 /// Map names, shared so the agent finds what the eBPF object defines.
@@ -189,6 +314,11 @@ pub mod maps {
     pub const POLICY: &str = "POLICY";
     pub const IDS: &str = "IDS";
     pub const EVENTS: &str = "EVENTS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const RECEIVERS: &str = "RECEIVERS";
+    pub const CG_INFO: &str = "CG_INFO";
+    pub const CG_COUNTERS: &str = "CG_COUNTERS";
+    pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
     /// Per-CPU count of events the ring buffer had no room for.
     pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
 }
@@ -204,6 +334,10 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Receiver {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::PacketCounters {}
+    unsafe impl aya::Pod for super::UnixName {}
 }
 
 #[cfg(test)]
@@ -239,6 +373,33 @@ mod tests {
         assert_eq!(offset_of!(Event, family), 24);
         assert_eq!(offset_of!(Event, port), 28);
         assert_eq!(offset_of!(Event, addr), 32);
+
+        assert_eq!(size_of::<UnixName>(), 4 + 4 + 108);
+        assert_eq!(align_of::<UnixName>(), 4);
+        assert_eq!(offset_of!(UnixName, len), 4);
+        assert_eq!(offset_of!(UnixName, name), 8);
+
+        assert_eq!(size_of::<Receiver>(), 4 + 1 + 1 + 2 + 16);
+        assert_eq!(offset_of!(Receiver, proto), 4);
+        assert_eq!(offset_of!(Receiver, version), 5);
+        assert_eq!(offset_of!(Receiver, port), 6);
+        assert_eq!(offset_of!(Receiver, addr), 8);
+        assert_eq!(size_of::<SockInfo>(), 8 + 24);
+        assert_eq!(offset_of!(SockInfo, receiver), 8);
+        assert_eq!(size_of::<PacketCounters>(), 6 * 8);
+    }
+
+    #[test]
+    fn marks_carry_the_container_id_under_a_tag() {
+        let id = ContainerId(0x7f_ffff);
+        assert_eq!(container_of_mark(mark_for(id)), Some(id));
+        assert_eq!(
+            container_of_mark(mark_for(ContainerId(1))),
+            Some(ContainerId(1))
+        );
+        for foreign in [0, 1, 0x4000, 0x8000, 0xa500_0001, 0xffff_ffff] {
+            assert_eq!(container_of_mark(foreign), None, "{foreign:#x}");
+        }
     }
 
     #[test]

@@ -10,8 +10,9 @@ pub mod packet;
 pub mod policy;
 
 pub use abi::{
-    config, counter, maps, Container, Counters, Event, PolicyKey, EVENTS_BYTES, EVENT_AUDITED,
-    FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_HAS_V4, FLAG_HAS_V6, FLAG_ISOLATED, MAX_ADDRESSES,
-    MAX_CGROUP_LEVELS, MAX_CONTAINERS,
+    config, counter, maps, Container, Counters, Event, PacketCounters, PolicyKey, Receiver,
+    SockInfo, UnixName, EVENTS_BYTES, EVENT_AUDITED, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_DENY_RULES,
+    FLAG_HAS_V4, FLAG_HAS_V6, FLAG_ISOLATED, MAX_ADDRESSES, MAX_CGROUP_LEVELS, MAX_CONTAINERS,
+    MAX_UNIX_NAMES, UNIX_NAME_MAX,
 };
 pub use addr::{ContainerId, Ip4, Ip6};

@@ -118,6 +118,9 @@ pub struct Headers {
     /// Host-order UDP ports.
     pub sport: u16,
     pub dport: u16,
+    /// An IPv6 routing header was among the extension headers walked: the packet asks to
+    /// be routed through addresses no socket hook saw.
+    pub rthdr: bool,
 }
 
 impl Headers {
@@ -130,6 +133,7 @@ impl Headers {
             proto: 0,
             sport: 0,
             dport: 0,
+            rthdr: false,
         }
     }
     /// Whether `src`, `dst` and `family` are valid.
@@ -151,6 +155,7 @@ struct L4 {
     proto: u32,
     sport: u16,
     dport: u16,
+    rthdr: bool,
 }
 
 impl L4 {
@@ -160,6 +165,7 @@ impl L4 {
             proto: 0,
             sport: 0,
             dport: 0,
+            rthdr: false,
         }
     }
 }
@@ -174,6 +180,7 @@ fn ip(family: u32, src: Ip6, dst: Ip6, l4: L4) -> Headers {
         proto: l4.proto,
         sport: l4.sport,
         dport: l4.dport,
+        rthdr: l4.rthdr,
     }
 }
 
@@ -261,14 +268,19 @@ fn parse6(f: &(impl Frame + ?Sized), l3: usize) -> Headers {
 
 #[inline(always)]
 fn l4_of6(f: &(impl Frame + ?Sized), mut next: u8, mut off: usize) -> L4 {
+    let mut rthdr = false;
     // One round per extension header, and one more for the transport after the last.
     for _ in 0..=MAX_EXT_HEADERS {
         let len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                rthdr |= next == IPPROTO_ROUTING;
                 // Next header, length: in 8-byte units not counting the first (AH: 4-byte
                 // units not counting the first two).
                 let Some(e) = f.load::<[u8; 2]>(off) else {
-                    return L4::just(Kind::Malformed);
+                    return L4 {
+                        rthdr,
+                        ..L4::just(Kind::Malformed)
+                    };
                 };
                 let len = if next == IPPROTO_AH {
                     (usize::from(e[1]) + 2) * 4
@@ -280,19 +292,33 @@ fn l4_of6(f: &(impl Frame + ?Sized), mut next: u8, mut off: usize) -> L4 {
             }
             IPPROTO_FRAGMENT => {
                 let Some(e) = f.load::<[u8; 4]>(off) else {
-                    return L4::just(Kind::Malformed);
+                    return L4 {
+                        rthdr,
+                        ..L4::just(Kind::Malformed)
+                    };
                 };
                 if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                    return L4::just(Kind::LaterFragment);
+                    return L4 {
+                        rthdr,
+                        ..L4::just(Kind::LaterFragment)
+                    };
                 }
                 next = e[0];
                 8
             }
-            proto => return transport(f, proto, off, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST),
+            proto => {
+                return L4 {
+                    rthdr,
+                    ..transport(f, proto, off, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST)
+                }
+            }
         };
         off += len;
     }
-    L4::just(Kind::Malformed)
+    L4 {
+        rthdr,
+        ..L4::just(Kind::Malformed)
+    }
 }
 
 /// Reads the transport header at `off` as far as the flow check needs. TCP, UDP and ICMP
@@ -313,6 +339,7 @@ fn transport(f: &(impl Frame + ?Sized), proto: u8, off: usize, icmp: u8, echo: u
                     proto: u32::from(proto),
                     sport: u16::from_be_bytes(u.src),
                     dport: u16::from_be_bytes(u.dst),
+                    rthdr: false,
                 }
             }
             None => Kind::Malformed,
@@ -330,6 +357,7 @@ fn transport(f: &(impl Frame + ?Sized), proto: u8, off: usize, icmp: u8, echo: u
         proto: u32::from(proto),
         sport: 0,
         dport: 0,
+        rthdr: false,
     }
 }
 

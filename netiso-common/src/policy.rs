@@ -4,7 +4,7 @@
 //! apply the decision; keeping the decisions here means they are unit-tested on the host and the
 //! hooks stay thin. Nothing here may loop unboundedly or allocate: it runs in the kernel verifier.
 
-use crate::{packet::Kind, Container, ContainerId, Ip4, Ip6};
+use crate::{packet::Kind, Container, ContainerId, Ip4, Ip6, UnixName};
 
 pub const AF_UNSPEC: u32 = 0;
 pub const AF_INET: u32 = 2;
@@ -17,7 +17,9 @@ pub const IPPROTO_UDP: u32 = 17;
 pub const IPPROTO_IPV6: i32 = 41;
 pub const IPPROTO_ICMPV6: u32 = 58;
 pub const IPV6_2292PKTOPTIONS: i32 = 6;
+pub const IPV6_2292RTHDR: i32 = 5;
 pub const IPV6_PKTINFO: i32 = 50;
+pub const IPV6_RTHDR: i32 = 57;
 
 /// Why an operation is refused; each maps to the errno the process sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,9 @@ pub enum Deny {
     NotPermitted,
     /// The destination container does not accept this container (isolation policy).
     Policy,
+    /// An abstract unix name the container may not reach: what a network namespace in which
+    /// no socket has that name answers.
+    Unlisted,
 }
 
 impl Deny {
@@ -39,6 +44,7 @@ impl Deny {
             Deny::NetUnreach => 101,  // ENETUNREACH
             Deny::NotPermitted => 1,  // EPERM
             Deny::Policy => 13,       // EACCES
+            Deny::Unlisted => 111,    // ECONNREFUSED
         }
     }
 }
@@ -112,6 +118,17 @@ pub const fn loopback_for(id: ContainerId) -> Ip4 {
     Ip4(u32::from_ne_bytes(
         (u32::from_be_bytes(LOOPBACK_BASE) + (id.0 & 0x007f_ffff)).to_be_bytes(),
     ))
+}
+
+/// The container whose private loopback address `addr` would be (ids start at 1), if it is in
+/// 127.128.0.0/9. The caller checks that such a container exists.
+pub const fn loopback_owner(addr: Ip4) -> Option<ContainerId> {
+    let base = u32::from_be_bytes(LOOPBACK_BASE);
+    let a = u32::from_be_bytes(addr.octets());
+    if a & 0xff80_0000 != base || a == base {
+        return None;
+    }
+    Some(ContainerId(a - base))
 }
 
 /// Result of a bind decision: keep the address the process asked for, or use another one.
@@ -346,7 +363,8 @@ pub fn sock_create(c: &Container, family: u32, ty: u32, protocol: u32) -> Result
 }
 
 /// setsockopt(): a sticky IPV6_PKTINFO may only name an owned source (or none); the legacy
-/// IPV6_2292PKTOPTIONS, which can carry one too, is refused outright.
+/// IPV6_2292PKTOPTIONS, which can carry one too, and routing headers (IPV6_RTHDR, which
+/// would put destinations no hook saw on the wire) are refused outright.
 pub fn setsockopt(
     c: &Container,
     level: i32,
@@ -364,7 +382,7 @@ pub fn setsockopt(
             // A short buffer: the kernel would reject it, refusing loses nothing.
             None => Err(Deny::NotPermitted),
         },
-        IPV6_2292PKTOPTIONS => Err(Deny::NotPermitted),
+        IPV6_2292PKTOPTIONS | IPV6_RTHDR | IPV6_2292RTHDR => Err(Deny::NotPermitted),
         _ => Ok(()),
     }
 }
@@ -383,6 +401,37 @@ pub fn packet(c: &Container, family: u32, local: &Ip6, r: &impl Registry) -> Res
         Ok(())
     } else {
         Err(Deny::AddrNotAvail)
+    }
+}
+
+/// Packet layer: a container may not send packets that carry an IPv6 routing header, however
+/// it was set (`IPV6_RTHDR` through the compat syscall that skips the sockopt hook, a control
+/// message, a raw socket): the header routes the packet through addresses no hook judged.
+pub fn egress_headers(rthdr: bool) -> Result<(), Deny> {
+    if rthdr {
+        Err(Deny::NotPermitted)
+    } else {
+        Ok(())
+    }
+}
+
+/// The peer of a unix connect or send, as the hook read it.
+pub enum UnixPeer<'a> {
+    /// Unnamed or a filesystem path: the mount namespace and file permissions govern it.
+    Path,
+    Abstract(&'a UnixName),
+    /// The hook could not read the address.
+    Unreadable,
+}
+
+/// A container whose abstract unix sockets are restricted reaches only the abstract names
+/// the operator listed (`listed`). Paths pass; an address the hook cannot read fails closed.
+pub fn unix_peer(peer: UnixPeer<'_>, listed: impl FnOnce(&UnixName) -> bool) -> Result<(), Deny> {
+    match peer {
+        UnixPeer::Path => Ok(()),
+        UnixPeer::Abstract(name) if listed(name) => Ok(()),
+        UnixPeer::Abstract(_) => Err(Deny::Unlisted),
+        UnixPeer::Unreadable => Err(Deny::NotPermitted),
     }
 }
 

@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use netiso_common::{
     packet::{self, Frame, Headers, Plain},
-    policy::{self, AF_INET},
-    Ip6,
+    policy::{self, AF_INET, IPPROTO_UDP},
+    ContainerId, Ip6,
 };
 
-use crate::ctx;
+use crate::{ctx, sk_lookup};
 
 /// `BPF_F_CURRENT_NETNS` for the socket lookup helpers.
 const CURRENT_NETNS: u64 = u64::MAX;
@@ -44,28 +44,40 @@ pub fn from_ip(skb: &SkBuff) -> Headers {
 }
 
 /// Whether an arriving packet opens a flow (`policy::opens_flow`). For UDP, `local_socket`
-/// says whether the socket it is for is connected; None: look it up.
+/// says whether the socket it is for is connected; None: look it up (`to` owns the
+/// destination).
 #[inline(always)]
-pub fn opens_flow(ctx: *mut c_void, h: &Headers, local_socket_state: Option<u32>) -> bool {
+pub fn opens_flow(
+    ctx: *mut c_void,
+    h: &Headers,
+    to: ContainerId,
+    local_socket_state: Option<u32>,
+) -> bool {
     policy::opens_flow(h.kind, || match local_socket_state {
         Some(state) => state == TCP_ESTABLISHED,
-        None => udp_connected(ctx, h.family, &h.src, h.sport, &h.dst, h.dport),
+        None => udp_connected(ctx, to, h.family, &h.src, h.sport, &h.dst, h.dport),
     })
 }
 
-/// Whether the local UDP socket that would receive a datagram `src:sport -> dst:dport` (host
-/// order ports) is connected, i.e. the datagram answers a flow that socket opened. Used where
-/// the policy judges only new flows and no socket is at hand: TC ingress, the sendmsg hooks.
-/// `ctx` is the program's context (the lookup helpers need it).
+/// Whether the UDP socket of container `to` that would receive a datagram
+/// `src:sport -> dst:dport` (host-order ports) is connected, i.e. the datagram answers a flow
+/// that socket opened. Used where the policy judges only new flows and no socket is at hand:
+/// TC ingress, the sendmsg hooks. `ctx` is the program's context (the lookup helpers need it).
 #[inline(always)]
 pub fn udp_connected(
     ctx: *mut c_void,
+    to: ContainerId,
     family: u32,
     src: &Ip6,
     sport: u16,
     dst: &Ip6,
     dport: u16,
 ) -> bool {
+    // Without a receiving socket there is nothing to answer; asking the kernel would also run
+    // the socket-lookup program, which counts a refusal for a datagram never sent.
+    if !sk_lookup::receives(to, family, IPPROTO_UDP, dst, dport) {
+        return false;
+    }
     // SAFETY: bpf_sock_tuple is plain data; all-zero is a valid value.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     // SAFETY: the tuple's union members are plain data; the one written matches `size`.

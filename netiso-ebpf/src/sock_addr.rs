@@ -151,7 +151,7 @@ impl Family for V6 {
     }
 }
 
-/// Every sock_addr hook: pass through when netiso is disabled or the calling task is in no
+/// Every sock_addr hook: pass through when netiso is disabled or the socket belongs to no
 /// container, otherwise decide with `try_hook` and let [`verdict::socket`] apply it.
 #[inline(always)]
 fn run<F: Family>(
@@ -162,7 +162,7 @@ fn run<F: Family>(
     if container::disabled() {
         return 1;
     }
-    let Some(c) = container::of_task() else {
+    let Some(c) = container::of_socket(ctx.socket()) else {
         return 1;
     };
     let result = try_hook(ctx, &c);
@@ -233,7 +233,8 @@ fn try_sendmsg<F: Family>(ctx: &SockAddrContext, c: &Container) -> Result<Outcom
     let dst = F::user_ip(ctx);
     let src = F::msg_src(ctx);
     let r = F::sendmsg(c, &dst, &src)?;
-    if let Err(deny) = policy::reach(c.id, F::owner(&dst), &Maps) {
+    let to = F::owner(&dst);
+    if let Err(deny) = policy::reach(c.id, to, &Maps) {
         // A reply to a container that connected its UDP socket to us is not a new flow. The
         // datagram's source: the cmsg's, else the bound one, else the primary (what the
         // rewrite picks). Not read from `r`: an unset Option payload upsets the verifier.
@@ -246,8 +247,10 @@ fn try_sendmsg<F: Family>(ctx: &SockAddrContext, c: &Container) -> Result<Outcom
             F::primary(c)
         };
         let (sport, dport) = (ctx.sk_src_port(), ctx.user_port());
-        let (from, to) = (F::held(&from), F::held(&dst));
-        if !packet::udp_connected(ctx.as_ptr(), F::AF, &from, sport, &to, dport) {
+        let (from, dst) = (F::held(&from), F::held(&dst));
+        // `reach` refuses only an owned destination, so `to` is set here.
+        let to = to.unwrap_or_default();
+        if !packet::udp_connected(ctx.as_ptr(), to, F::AF, &from, sport, &dst, dport) {
             return Err(deny);
         }
     }

@@ -26,7 +26,7 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
     if level != IPPROTO_IPV6 || container::disabled() {
         return 1;
     }
-    let Some(c) = container::of_task() else {
+    let Some(c) = container::of_socket(ctx::sockopt_socket(&ctx)) else {
         return 1;
     };
     let result = try_setsockopt(&ctx, &c, level, optname);

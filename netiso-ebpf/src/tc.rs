@@ -3,13 +3,16 @@
 //! the stack spends work on a packet, and drop what container sockets send from addresses
 //! their container does not own (also from AF_PACKET sockets, which no socket hook sees).
 use aya_ebpf::{macros::classifier, programs::TcContext, EbpfContext};
-use netiso_common::{counter, packet::Kind, policy, ContainerId};
+use netiso_common::{abi::container_of_mark, counter, packet::Kind, policy, ContainerId};
 
 use crate::{
     container::{self, Maps},
-    maps, packet,
+    ctx, maps, packet, skb,
     verdict::{self, Packet, Subject, Traffic},
 };
+
+/// `skb->pkt_type` of the copy `dev_loopback_xmit` makes of a multicast or broadcast.
+const PACKET_LOOPBACK: u32 = 5;
 
 /// TCX verdicts. netiso never says "pass": what it lets through goes on to the next program
 /// on the interface (or the stack), so it composes with other TC users.
@@ -40,7 +43,7 @@ fn run(ctx: &TcContext, traffic: Traffic, try_tc: fn(&TcContext) -> Packet) -> i
     if container::disabled() {
         return TC_NEXT;
     }
-    if verdict::packet(try_tc(ctx), traffic, ctx.len()) {
+    if verdict::packet(try_tc(ctx), ctx.len(), &traffic) {
         TC_NEXT
     } else {
         TC_DROP
@@ -50,6 +53,16 @@ fn run(ctx: &TcContext, traffic: Traffic, try_tc: fn(&TcContext) -> Packet) -> i
 /// Ingress steering: the destination address names the container. Frames without readable
 /// addresses concern no container; the stack drops broken IP itself.
 fn try_ingress(ctx: &TcContext) -> Packet {
+    // The loop-back copy of a container's broadcast or multicast skipped egress (see `skb`);
+    // here it is also stopped on its way to the kernel's own ICMP. It has no link-layer
+    // header: the packet starts at IP.
+    let (mark, pkt_type) = ctx::skb_mark_and_type(ctx.skb.skb);
+    if pkt_type == PACKET_LOOPBACK {
+        if let Some(sender) = container_of_mark(mark).and_then(maps::container_of_id) {
+            return skb::foreign_copy(&sender, &packet::from_ip(&ctx.skb))
+                .unwrap_or(Packet::NotOurs);
+        }
+    }
     let h = packet::from_frame(&ctx.skb);
     if !h.is_ip() {
         return Packet::NotOurs;
@@ -73,11 +86,13 @@ fn try_ingress(ctx: &TcContext) -> Packet {
     if h.kind == Kind::Malformed {
         return drop(counter::MALFORMED_DROPPED);
     }
-    if packet::opens_flow(ctx.as_ptr(), &h, None) {
-        if let Some(from) = container::owner(h.family, &h.src) {
-            if policy::reach(from, Some(to), &Maps).is_err() {
-                return drop(counter::POLICY_DROPPED);
-            }
+    // Judged only when a container sends it (the owner lookup is cheaper than the flow check,
+    // whose UDP socket lookup also runs the socket-lookup program).
+    if let Some(from) = container::owner(h.family, &h.src) {
+        if policy::reach(from, Some(to), &Maps).is_err()
+            && packet::opens_flow(ctx.as_ptr(), &h, to, None)
+        {
+            return drop(counter::POLICY_DROPPED);
         }
     }
     Packet::Attributed(to)
@@ -87,7 +102,7 @@ fn try_ingress(ctx: &TcContext) -> Packet {
 /// host sockets and the kernel's own replies are attributed to the owner of their source and
 /// never judged.
 fn try_egress(ctx: &TcContext) -> Packet {
-    let sock = container::of_skb(ctx.skb.skb);
+    let sock = container::of_skb_or_cgroup(ctx.skb.skb);
     let h = packet::from_frame(&ctx.skb);
     let Some(c) = sock else {
         if !h.is_ip() {
@@ -101,6 +116,17 @@ fn try_egress(ctx: &TcContext) -> Packet {
         return Packet::Drop {
             c,
             kind: counter::MALFORMED_DROPPED,
+            subject: Subject {
+                family: h.family,
+                addr: h.dst,
+                port: 0,
+            },
+        };
+    }
+    if policy::egress_headers(h.rthdr).is_err() {
+        return Packet::Drop {
+            c,
+            kind: counter::HEADER_DROPPED,
             subject: Subject {
                 family: h.family,
                 addr: h.dst,

@@ -3,7 +3,9 @@
 //! mode would refuse and counts it in `audited`; the `try_*` functions never rewrite
 //! anything for an audited container.
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_set_retval};
-use netiso_common::{counter, policy::Deny, Container, ContainerId, Event, Ip6, EVENT_AUDITED};
+use netiso_common::{
+    counter, policy::Deny, Container, ContainerId, Event, Ip6, PacketCounters, EVENT_AUDITED,
+};
 
 use crate::maps;
 
@@ -112,31 +114,95 @@ pub enum Packet {
     },
 }
 
-/// The packet and byte counters of one direction of one program kind.
+/// Where a packet program counts: the per-container `COUNTERS` map (TC, socket lookup), or
+/// the per-CPU storage of a container's cgroup_skb attachment.
+pub trait Tally {
+    /// A packet of `len` bytes went on, charged to `id`.
+    fn traffic(&self, id: ContainerId, len: u32);
+    /// A packet was dropped, counted under `kind` (a `counter` index).
+    fn dropped(&self, id: ContainerId, kind: usize);
+    /// Audit mode let a packet go that enforce mode would have dropped.
+    fn audited(&self, id: ContainerId);
+}
+
+/// Counting in the per-container `COUNTERS` map, traffic under these two indices.
 #[derive(Clone, Copy)]
 pub struct Traffic {
     pub packets: usize,
     pub bytes: usize,
 }
 
-/// Turns a packet decision into "let it through" (true) or "drop it" (false), counting `len`
-/// bytes where the packet goes on. Each program maps the answer to its own return codes.
+impl Traffic {
+    /// For programs that count no traffic (socket lookup).
+    pub const NONE: Traffic = Traffic {
+        packets: counter::LEN,
+        bytes: counter::LEN,
+    };
+}
+
+impl Tally for Traffic {
+    fn traffic(&self, id: ContainerId, len: u32) {
+        maps::count(id, self.packets, Some((self.bytes, u64::from(len))));
+    }
+    fn dropped(&self, id: ContainerId, kind: usize) {
+        maps::count(id, kind, None);
+    }
+    fn audited(&self, id: ContainerId) {
+        maps::count(id, counter::AUDITED, None);
+    }
+}
+
+/// Counting in a cgroup_skb attachment's per-CPU storage (this CPU's copy: no other writer).
+pub struct Local(pub *mut PacketCounters);
+
+impl Local {
+    #[inline(always)]
+    fn with(&self, f: impl FnOnce(&mut PacketCounters)) {
+        // SAFETY: the attachment's storage for this CPU, valid for the whole run and written
+        // by this program run alone.
+        if let Some(c) = unsafe { self.0.as_mut() } {
+            f(c);
+        }
+    }
+}
+
+impl Tally for Local {
+    fn traffic(&self, _: ContainerId, len: u32) {
+        self.with(|c| {
+            c.packets += 1;
+            c.bytes += u64::from(len);
+        });
+    }
+    fn dropped(&self, _: ContainerId, kind: usize) {
+        self.with(|c| match kind {
+            counter::POLICY_DROPPED => c.policy_dropped += 1,
+            counter::HEADER_DROPPED => c.header_dropped += 1,
+            _ => c.dropped += 1,
+        });
+    }
+    fn audited(&self, _: ContainerId) {
+        self.with(|c| c.audited += 1);
+    }
+}
+
+/// Turns a packet decision into "let it through" (true) or "drop it" (false), counting in
+/// `tally`. Each program maps the answer to its own return codes.
 #[inline(always)]
-pub fn packet(decision: Packet, traffic: Traffic, len: u32) -> bool {
+pub fn packet(decision: Packet, len: u32, tally: &impl Tally) -> bool {
     match decision {
         Packet::NotOurs => true,
         Packet::Attributed(id) => {
-            maps::count(id, traffic.packets, Some((traffic.bytes, u64::from(len))));
+            tally.traffic(id, len);
             true
         }
         Packet::Drop { c, kind, subject } => {
             emit(&c, kind, 0, subject);
             if c.audit() {
-                maps::count(c.id, counter::AUDITED, None);
-                maps::count(c.id, traffic.packets, Some((traffic.bytes, u64::from(len))));
+                tally.audited(c.id);
+                tally.traffic(c.id, len);
                 return true;
             }
-            maps::count(c.id, kind, None);
+            tally.dropped(c.id, kind);
             false
         }
     }

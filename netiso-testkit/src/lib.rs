@@ -33,6 +33,18 @@ pub use probe::{probe, probe_as, probe_last, As, Background, Step};
 pub use runner::{missing_privilege, run_privileged};
 pub use world::World;
 
+/// Probe flags (before the steps) that make the probe run as the threat model's attacker: root
+/// as a container runtime leaves it, without CAP_NET_ADMIN, NET_RAW, SYS_ADMIN, BPF and PERFMON
+/// (and with every other capability, the strongest such process).
+pub const NO_CAPS: [&str; 2] = ["--caps", "container"];
+/// Probe flags that make it run as an unprivileged user (nobody).
+pub const NOBODY: [&str; 2] = ["--uid", "65534"];
+
+/// `flags` followed by `steps`, for a probe call.
+pub fn with<'a>(flags: [&'a str; 2], steps: &[&'a str]) -> Vec<&'a str> {
+    flags.iter().chain(steps).copied().collect()
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.

@@ -28,6 +28,11 @@ impl Step {
         assert!(self.ok, "step {} failed with {:?}", self.op, self.errno);
         self.value.as_deref().expect("step has a value")
     }
+    /// Asserts the step succeeded.
+    #[track_caller]
+    pub fn done(&self) {
+        assert!(self.ok, "step {} failed with {:?}", self.op, self.errno);
+    }
     /// The errno name, asserting the step failed.
     #[track_caller]
     pub fn err(&self) -> &str {
@@ -59,7 +64,7 @@ fn probe_cmd(ns: &Netns, cgroup: &Path, steps: &[&str], who: As) -> Command {
     match who {
         As::Root => {}
         As::Attacker => {
-            cmd.args(["--drop-caps", "1"]);
+            cmd.args(["--caps", "container"]);
         }
         As::Uid(uid) => {
             cmd.arg("--uid").arg(uid.to_string());

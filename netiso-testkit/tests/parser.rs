@@ -229,3 +229,23 @@ fn no_input_reads_out_of_bounds() {
         }
     }
 }
+
+#[test]
+fn routing_headers_are_seen() {
+    let mut p = syn6();
+    assert!(!parse(&p.build()[..]).rthdr);
+    p.ext = vec![0, 60];
+    assert!(!parse(&p.build()[..]).rthdr, "no routing header");
+    for ext in [vec![43], vec![0, 43, 60], vec![60, 44, 43]] {
+        p.ext = ext.clone();
+        let h = parse(&p.build()[..]);
+        assert!(h.rthdr, "{ext:?}");
+        assert_eq!(h.kind, Kind::TcpSyn, "{ext:?}");
+    }
+    // Even when the frame is cut after it, the routing header was seen.
+    p.ext = vec![43, 60];
+    let f = p.build();
+    let h = parse(&f[..14 + 40 + 8 + 4]);
+    assert!(h.rthdr && h.kind == Kind::Malformed, "{h:?}");
+    assert!(!parse(&syn4().build()[..]).rthdr);
+}

@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::api::{
     routes::{self, Method, Route},
     AddContainer, AddIp, ContainerInfo, ErrorBody, EventsPage, IfaceInfo, Mode, MoveIp, Moved,
-    PolicyRule, SetMode, Status,
+    PolicyRule, SetAbstractUnix, SetMode, Status,
 };
 
 #[derive(Debug, Error)]
@@ -81,6 +81,17 @@ impl Client {
     }
     pub fn set_mode(&self, name: &str, mode: Mode) -> Result<ContainerInfo> {
         self.call(routes::SET_MODE, &[name], Some(&SetMode { mode }))
+    }
+    pub fn set_abstract_unix(
+        &self,
+        name: &str,
+        names: Option<Vec<String>>,
+    ) -> Result<ContainerInfo> {
+        self.call(
+            routes::SET_ABSTRACT_UNIX,
+            &[name],
+            Some(&SetAbstractUnix { names }),
+        )
     }
     pub fn add_ip(&self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
         self.call(routes::ADD_IP, &[name], Some(&AddIp { ip }))

@@ -6,8 +6,10 @@
 //! loopback addresses are each used by at most one container, and containers do not nest.
 //! [`Registry::insert`] refuses anything that breaks one, so a registry loaded from the store,
 //! imported from an old state file or recovered from the pinned maps is checked the same way.
-//! Ids and loopbacks are allocated next-fit from a cursor and never handed to two live
-//! containers (the cursor wraps; used values are skipped).
+//! Ids are allocated next-fit from a cursor and never handed to two live containers (the
+//! cursor wraps; used values are skipped). Ids live in 1 ..= [`MAX_ID`]: the socket mark
+//! carries a container's id in 23 bits, and its private loopback is slot `id` of
+//! 127.128.0.0/9 (the programs find the owner of a loopback address by that arithmetic).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr},
@@ -22,6 +24,9 @@ use crate::api::Mode;
 const LOOPBACK_BASE: u32 = 0x7f80_0000;
 /// Usable loopback slots: 1 ..= 2^23 - 2 (not the range's first address, not 127.255.255.255).
 pub const LOOPBACK_SLOTS: u32 = (1 << 23) - 2;
+
+/// The highest container id (see the module comment).
+pub const MAX_ID: u32 = LOOPBACK_SLOTS;
 
 /// The loopback address of slot `n` (1 ..= LOOPBACK_SLOTS).
 pub fn loopback_of_slot(n: u32) -> Ipv4Addr {
@@ -54,6 +59,10 @@ pub struct ContainerSpec {
     pub mode: Mode,
     pub allow_raw: bool,
     pub isolated: bool,
+    /// Some: its abstract unix sockets reach only these names (`@name`, as `ss -x` shows
+    /// them); None: the abstract namespace is shared, as it is for the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstract_unix: Option<Vec<String>>,
 }
 
 /// Why a container cannot be inserted: something it would use is taken.
@@ -324,31 +333,21 @@ impl Registry {
         self.rules_to.remove(&(to, from));
     }
 
-    /// The next free container id from the cursor (never 0, never a live container's).
+    /// The next free container id from the cursor (1 ..= MAX_ID, never a live container's,
+    /// and never one whose loopback slot a live container holds).
     pub fn allocate_id(&self) -> u32 {
-        let mut id = self.next_id.max(1);
-        while self.containers.contains_key(&id) {
-            id = id.checked_add(1).unwrap_or(1);
+        let mut id = self.next_id.clamp(1, MAX_ID);
+        while self.containers.contains_key(&id)
+            || self.loopbacks.contains_key(&loopback_of_slot(id))
+        {
+            id = if id >= MAX_ID { 1 } else { id + 1 };
         }
         id
     }
 
-    /// The next free private loopback address from the cursor. The caller makes sure there
-    /// is one (capacity is far below the 2^23 slots).
-    pub fn allocate_loopback(&self) -> Ipv4Addr {
-        let mut slot = self.next_loopback.clamp(1, LOOPBACK_SLOTS);
-        loop {
-            let a = loopback_of_slot(slot);
-            if !self.loopbacks.contains_key(&a) {
-                return a;
-            }
-            slot = if slot >= LOOPBACK_SLOTS { 1 } else { slot + 1 };
-        }
-    }
-
     /// Moves the cursors past a container just allocated.
     pub fn advance_cursors(&mut self, id: u32, loopback: Ipv4Addr) {
-        self.next_id = id.checked_add(1).unwrap_or(1);
+        self.next_id = if id >= MAX_ID { 1 } else { id + 1 };
         self.next_loopback =
             loopback_slot(loopback).map_or(1, |s| if s >= LOOPBACK_SLOTS { 1 } else { s + 1 });
     }
@@ -367,6 +366,7 @@ mod tests {
             cgroup_level: path.matches('/').count() as u32,
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             loopback: loopback_of_slot(id),
+            abstract_unix: None,
             mode: Mode::Enforce,
             allow_raw: false,
             isolated: false,
@@ -430,17 +430,14 @@ mod tests {
     fn ids_and_loopbacks_are_never_shared_by_live_containers() {
         let mut r = Registry::new();
         r.insert(spec(1, "old", "/cg/old", &["192.0.2.1"])).unwrap();
-        // The cursors have gone all the way round (as after 2^23 registrations).
+        // The cursor has gone all the way round (as after 2^23 registrations): ids stay
+        // within the 23 bits of the socket mark.
         r.next_id = u32::MAX;
-        r.next_loopback = LOOPBACK_SLOTS;
         let id = r.allocate_id();
-        let lo = r.allocate_loopback();
-        assert_eq!(id, u32::MAX);
-        assert_eq!(lo, loopback_of_slot(LOOPBACK_SLOTS));
-        r.advance_cursors(id, lo);
-        // Both wrap, and skip what "old" holds.
+        assert_eq!(id, MAX_ID);
+        r.advance_cursors(id, loopback_of_slot(id));
+        // It wraps, and skips what "old" holds.
         assert_eq!(r.allocate_id(), 2);
-        assert_eq!(r.allocate_loopback(), loopback_of_slot(2));
         assert_eq!(
             loopback_of_slot(LOOPBACK_SLOTS),
             Ipv4Addr::new(127, 255, 255, 254)

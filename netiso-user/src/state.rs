@@ -122,19 +122,26 @@ impl State {
         let mut by_id: Vec<(String, ContainerSpec)> = self.containers.into_iter().collect();
         by_id.sort_by_key(|(_, c)| c.id);
         for (name, c) in by_id {
-            let legacy = loopback_of_slot(c.id & 0x007f_ffff);
-            let taken = reg.iter().any(|o| o.loopback == legacy);
-            let loopback = if taken || crate::registry::loopback_slot(legacy).is_none() {
-                let a = reg.allocate_loopback();
-                notes.push(format!(
-                    "container {name}: its loopback {legacy} is already another container's; it gets {a}"
-                ));
-                a
+            // A container's loopback is slot `id`, and ids fit the socket mark's 23 bits.
+            // The old agent wrapped loopbacks (id & 0x7fffff) past 2^23 registrations; such
+            // a container gets a new id.
+            let in_range = (1..=crate::registry::MAX_ID).contains(&c.id);
+            let id = if in_range
+                && reg.get(c.id).is_none()
+                && reg.iter().all(|o| o.loopback != loopback_of_slot(c.id))
+            {
+                c.id
             } else {
-                legacy
+                let id = reg.allocate_id();
+                notes.push(format!(
+                    "container {name}: its id {} does not fit the mark and loopback range, or its loopback is another container's; it gets id {id}",
+                    c.id
+                ));
+                id
             };
+            let loopback = loopback_of_slot(id);
             let spec = RegSpec {
-                id: c.id,
+                id,
                 name: name.clone(),
                 cgroup: c.cgroup,
                 cgroup_id: c.cgroup_id,
@@ -144,6 +151,7 @@ impl State {
                 mode: c.mode,
                 allow_raw: c.allow_raw,
                 isolated: c.isolated,
+                abstract_unix: None,
             };
             reg.insert(spec).map_err(|clash| StateError::Invalid {
                 path: PathBuf::from(STATE_FILE),
@@ -215,10 +223,11 @@ mod tests {
         let new = reg.by_name("new").unwrap();
         assert_eq!(old.loopback, loopback_of_slot(1));
         assert_ne!(new.loopback, old.loopback);
+        assert!((1..=crate::registry::MAX_ID).contains(&new.id));
+        assert_eq!(new.loopback, loopback_of_slot(new.id));
         assert_eq!(reg.rule(new.id, old.id), Some(false));
         assert_eq!(reg.rule_count(), 1);
         assert_eq!(notes.len(), 2, "{notes:?}");
-        assert_eq!(reg.next_id, 0x80_0002);
     }
 
     #[test]

@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS rules (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rules_to ON rules(to_id);
 CREATE TABLE IF NOT EXISTS ifaces (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS abstract_unix (
+    container INTEGER PRIMARY KEY REFERENCES containers(id) ON DELETE CASCADE,
+    names TEXT NOT NULL
+);
 ";
 
 #[derive(Debug, Error)]
@@ -237,6 +241,21 @@ impl Store {
                 .map_err(|_| self.corrupt(format!("address {ip:?}")))?;
             ips.entry(id).or_default().push((pos, ip));
         }
+        let mut restricted: std::collections::HashMap<u32, Vec<String>> =
+            std::collections::HashMap::new();
+        let mut st = self
+            .conn
+            .prepare("SELECT container, names FROM abstract_unix")
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql)?;
+        for row in rows {
+            let (id, names) = row.map_err(sql)?;
+            let names: Vec<String> = serde_json::from_str(&names)
+                .map_err(|_| self.corrupt(format!("abstract unix names of container {id}")))?;
+            restricted.insert(id, names);
+        }
         let mut st = self
             .conn
             .prepare(
@@ -278,6 +297,7 @@ impl Store {
                     .map_err(|e: String| self.corrupt(format!("{name:?}: {e}")))?,
                 allow_raw,
                 isolated,
+                abstract_unix: restricted.remove(&id),
                 name,
             };
             if spec.ips.is_empty() {
@@ -288,6 +308,9 @@ impl Store {
         }
         if let Some(id) = ips.keys().next() {
             return Err(self.corrupt(format!("addresses of unknown container {id}")));
+        }
+        if let Some(id) = restricted.keys().next() {
+            return Err(self.corrupt(format!("abstract unix names of unknown container {id}")));
         }
         let mut st = self
             .conn
@@ -348,7 +371,7 @@ impl Store {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        tx.execute_batch("DELETE FROM rules; DELETE FROM addresses; DELETE FROM containers; DELETE FROM ifaces; DELETE FROM meta;")
+        tx.execute_batch("DELETE FROM rules; DELETE FROM addresses; DELETE FROM abstract_unix; DELETE FROM containers; DELETE FROM ifaces; DELETE FROM meta;")
             .map_err(err)?;
         let set = |k: &str, v: String| {
             tx.execute(
@@ -427,6 +450,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             for (pos, ip) in c.ips.iter().enumerate() {
                 st.execute(params![ip.to_string(), c.id, pos as u32])?;
             }
+            tx.execute("DELETE FROM abstract_unix WHERE container = ?1", [c.id])?;
+            if let Some(names) = &c.abstract_unix {
+                let names = serde_json::to_string(names).expect("strings serialize");
+                tx.execute(
+                    "INSERT INTO abstract_unix (container, names) VALUES (?1, ?2)",
+                    params![c.id, names],
+                )?;
+            }
         }
         Op::DeleteContainer(id) => {
             tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
@@ -491,6 +522,7 @@ mod tests {
             mode: Mode::Audit,
             allow_raw: false,
             isolated: true,
+            abstract_unix: None,
         }
     }
 
@@ -504,7 +536,8 @@ mod tests {
         reg.cgroup_root = Some("/sys/fs/cgroup".into());
         s.replace_all(&reg).unwrap();
         let a = spec(1, "a", &["192.0.2.1", "2001:db8::1", "192.0.2.5"]);
-        let b = spec(2, "b", &["192.0.2.2"]);
+        let mut b = spec(2, "b", &["192.0.2.2"]);
+        b.abstract_unix = Some(vec!["@dbus".into(), "@x y".into()]);
         s.write(&[
             Op::PutContainer(a.clone()),
             Op::PutContainer(b.clone()),
@@ -516,6 +549,7 @@ mod tests {
         .unwrap();
         let got = Store::open(&dir).unwrap().load().unwrap().unwrap();
         assert_eq!(got.by_name("a"), Some(&a), "address order is kept");
+        assert_eq!(got.by_name("b"), Some(&b), "abstract unix names are kept");
         assert_eq!(got.rule(1, 2), Some(false));
         assert!(!got.enabled);
         assert_eq!((got.next_id, got.next_loopback, got.store_id), (3, 3, 7));

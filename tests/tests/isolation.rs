@@ -564,38 +564,16 @@ fn audit_mode_allows_and_counts() {
     assert_eq!(w.agent.counter("aud", "bind_refused"), 1);
 }
 
-// A socket is governed by the container of the task that uses it (the hooks see the calling
-// task's cgroup). A socket made outside and handed to a container process is restricted;
-// one made inside and handed out is not.
-fn sockets_follow_the_task_that_uses_them() {
+// A socket belongs to the container it was created in, wherever it goes, as a socket made in a
+// network namespace does: one made in a container and handed out keeps the container's
+// restrictions (its bind, connect and packets are judged as the container's); one made on the
+// host and handed into a container keeps the host's rights.
+fn sockets_belong_where_they_were_created() {
     let (w, c1, _) = two_containers("fd");
     let host = w.host_cgroup();
     let c1s = c1.display().to_string();
     let hosts = host.display().to_string();
-    // Created on the host, used in c1.
-    let s = probe_last(
-        &w.ns,
-        &host,
-        &[
-            "socket tcp4",
-            &format!("join-cgroup {c1s}"),
-            "bind 192.0.2.20:7110",
-        ],
-    );
-    assert_eq!(s.err(), "EADDRNOTAVAIL");
-    // Bound on the host to a non-owned address, then used in c1: cannot connect from it.
-    let s = probe_last(
-        &w.ns,
-        &host,
-        &[
-            "socket tcp4",
-            "bind 192.0.2.20:0",
-            &format!("join-cgroup {c1s}"),
-            "connect 198.51.100.1:7112",
-        ],
-    );
-    assert_eq!(s.err(), "EADDRNOTAVAIL");
-    // Created in c1, used on the host.
+    // Created in c1, used on the host: still c1's.
     let s = probe_last(
         &w.ns,
         &c1,
@@ -605,7 +583,43 @@ fn sockets_follow_the_task_that_uses_them() {
             "bind 192.0.2.20:7111",
         ],
     );
-    assert_eq!(s.addr(), "192.0.2.20:7111");
+    assert_eq!(s.err(), "EADDRNOTAVAIL");
+    let s = probe_last(
+        &w.ns,
+        &c1,
+        &[
+            "socket tcp4",
+            &format!("join-cgroup {hosts}"),
+            "bind 0.0.0.0:7113",
+        ],
+    );
+    assert_eq!(
+        s.addr(),
+        "192.0.2.10:7113",
+        "the wildcard bind is still rewritten"
+    );
+    // Created on the host, used in c1: the host's.
+    let s = probe_last(
+        &w.ns,
+        &host,
+        &[
+            "socket tcp4",
+            &format!("join-cgroup {c1s}"),
+            "bind 192.0.2.20:7110",
+        ],
+    );
+    assert_eq!(s.addr(), "192.0.2.20:7110");
+    // A socket c1 creates after moving in is c1's again.
+    let s = probe_last(
+        &w.ns,
+        &host,
+        &[
+            &format!("join-cgroup {c1s}"),
+            "socket tcp4",
+            "bind 192.0.2.20:7112",
+        ],
+    );
+    assert_eq!(s.err(), "EADDRNOTAVAIL");
 }
 
 // listen() without bind and UDP autobind bind the wildcard with no hook involved: at the
@@ -653,6 +667,6 @@ netiso_testkit::privileged_tests![
     unregistered_processes_are_untouched,
     disable_and_enable_switch_enforcement_globally,
     audit_mode_allows_and_counts,
-    sockets_follow_the_task_that_uses_them,
+    sockets_belong_where_they_were_created,
     implicit_binds_are_wildcard_at_the_socket_layer,
 ];

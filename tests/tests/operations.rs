@@ -326,6 +326,7 @@ fn kill_9_never_lets_a_forbidden_bind_through() {
                     mode: netiso_user::api::Mode::Enforce,
                     allow_raw: false,
                     isolated: false,
+                    abstract_unix: None,
                 };
                 if c.add_container(&req).is_err() && c.status().is_err() {
                     return calls;
@@ -472,6 +473,7 @@ fn capacity_limits_are_clear_and_register_nothing() {
             mode: netiso_user::api::Mode::Enforce,
             allow_raw: false,
             isolated: false,
+            abstract_unix: None,
         })
         .collect();
     let e = w.agent.client().add_containers(&batch).unwrap_err();
@@ -687,6 +689,7 @@ fn churn_leaks_nothing() {
                 mode: netiso_user::api::Mode::Enforce,
                 allow_raw: false,
                 isolated: i % 2 == 0,
+                abstract_unix: None,
             })
             .unwrap();
             if i % 5 == 0 {
@@ -736,6 +739,7 @@ fn batch_registration_is_all_or_nothing() {
         mode: netiso_user::api::Mode::Enforce,
         allow_raw: false,
         isolated: false,
+        abstract_unix: None,
     };
     let mut bad: Vec<AddContainer> = (0..3).map(|i| req(i, format!("2001:db8:5::{i}"))).collect();
     bad.push(req(3, "192.0.2.10".into()));

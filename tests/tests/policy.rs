@@ -95,9 +95,10 @@ fn isolated_container_accepts_only_allowed_containers() {
     assert_eq!(ls.as_array().unwrap().len(), 1);
 }
 
-// The receiving side: a packet from a container the policy does not allow is dropped on
-// arrival even when the sender's socket hooks did not stop it (here: a socket created in
-// container a, bound there, then used by a task outside every container).
+// The receiving side: a packet from a container's address that the policy does not allow is
+// dropped on arrival even when no socket hook of the sender stopped it. Here the sender is a
+// host socket (hosts are never judged at the socket layer) bound to container a's address;
+// container a's own sockets are refused earlier, at connect.
 fn isolation_is_enforced_where_packets_arrive() {
     let w = World::new("pol-in");
     let a = w.container("a", &["192.0.2.10"], &[]);
@@ -109,33 +110,30 @@ fn isolation_is_enforced_where_packets_arrive() {
         &["socket tcp4", "bind 0.0.0.0:7510", "listen", "accept"],
     );
     srv.wait_for("listen");
-    let hosts = host.display().to_string();
-    let s = probe_last(
-        &w.ns,
-        &a,
-        &[
-            "socket tcp4",
-            "timeout 1000",
-            "bind 192.0.2.10:0",
-            &format!("join-cgroup {hosts}"),
-            "connect 192.0.2.20:7510",
-        ],
+    let from_a = |port: &str| {
+        probe_last(
+            &w.ns,
+            &host,
+            &[
+                "socket tcp4",
+                "timeout 1000",
+                &format!("bind 192.0.2.10:{port}"),
+                "connect 192.0.2.20:7510",
+            ],
+        )
+    };
+    let s = from_a("7511");
+    assert!(
+        !s.ok,
+        "the isolated container accepted a packet from a's address"
     );
-    assert!(!s.ok, "the isolated container accepted a packet from a");
     assert!(w.agent.counter("b", "policy_dropped") >= 1);
+    // Container a's own socket is refused at connect already.
+    let s = probe_last(&w.ns, &a, &["socket tcp4", "connect 192.0.2.20:7510"]);
+    assert_eq!(s.err(), "EACCES");
     // Allowed: the same path works.
     w.agent.cli(&["policy", "allow", "a", "b"]).ok();
-    probe_last(
-        &w.ns,
-        &a,
-        &[
-            "socket tcp4",
-            "bind 192.0.2.10:0",
-            &format!("join-cgroup {hosts}"),
-            "connect 192.0.2.20:7510",
-        ],
-    )
-    .addr();
+    from_a("7512").addr();
     srv.wait_for("accept");
 }
 

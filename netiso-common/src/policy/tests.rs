@@ -1,6 +1,6 @@
 //! Host unit tests of the isolation contract.
 use super::*;
-use crate::{FLAG_ALLOW_RAW, FLAG_HAS_V4, FLAG_HAS_V6};
+use crate::{FLAG_ALLOW_RAW, FLAG_HAS_V4, FLAG_HAS_V6, UNIX_NAME_MAX};
 
 fn v4(s: &str) -> Ip4 {
     Ip4::from(s.parse::<core::net::Ipv4Addr>().unwrap())
@@ -87,6 +87,15 @@ fn loopback_addresses_are_private_and_in_127_128() {
     assert_eq!(loopback_for(ContainerId(300)), v4("127.128.1.44"));
     assert_ne!(loopback_for(ContainerId(1)), loopback_for(ContainerId(2)));
     assert!(loopback_for(ContainerId(70_000)).is_loopback());
+    for id in [1, 300, 70_000, 0x7f_ffff] {
+        assert_eq!(
+            loopback_owner(loopback_for(ContainerId(id))),
+            Some(ContainerId(id))
+        );
+    }
+    for other in ["127.0.0.1", "127.128.0.0", "127.127.255.255", "192.0.2.1"] {
+        assert_eq!(loopback_owner(v4(other)), None, "{other}");
+    }
 }
 
 #[test]
@@ -352,4 +361,49 @@ fn sticky_pktinfo_needs_an_owned_source() {
     assert_eq!(pktinfo(None), Err(Deny::NotPermitted));
     assert!(setsockopt(&c, IPPROTO_IPV6, IPV6_2292PKTOPTIONS, None, &n).is_err());
     assert!(setsockopt(&c, 0, 8, None, &n).is_ok());
+}
+
+#[test]
+fn routing_headers_are_refused_at_the_socket_and_on_the_wire() {
+    let (c, n) = dual();
+    for opt in [IPV6_RTHDR, IPV6_2292RTHDR] {
+        assert_eq!(
+            setsockopt(&c, IPPROTO_IPV6, opt, None, &n),
+            Err(Deny::NotPermitted),
+            "{opt}"
+        );
+    }
+    assert_eq!(egress_headers(true), Err(Deny::NotPermitted));
+    assert_eq!(egress_headers(false), Ok(()));
+}
+
+#[test]
+fn restricted_abstract_unix_reaches_listed_names_only() {
+    let id = ContainerId(7);
+    let listed = UnixName::new(id, b"allowed").unwrap();
+    let other = UnixName::new(id, b"other").unwrap();
+    let is_listed = |n: &UnixName| *n == listed;
+    assert_eq!(unix_peer(UnixPeer::Abstract(&listed), is_listed), Ok(()));
+    assert_eq!(
+        unix_peer(UnixPeer::Abstract(&other), is_listed),
+        Err(Deny::Unlisted)
+    );
+    assert_eq!(Deny::Unlisted.errno(), 111);
+    assert_eq!(unix_peer(UnixPeer::Path, |_| false), Ok(()));
+    assert_eq!(
+        unix_peer(UnixPeer::Unreadable, |_| true),
+        Err(Deny::NotPermitted)
+    );
+}
+
+#[test]
+fn abstract_names_are_keyed_by_their_bytes_and_length() {
+    let id = ContainerId(1);
+    let a = UnixName::new(id, b"x").unwrap();
+    let a0 = UnixName::new(id, b"x\0").unwrap();
+    assert_ne!(a, a0, "a trailing NUL is part of an abstract name");
+    assert_eq!(a0.bytes(), b"x\0");
+    assert!(UnixName::new(id, &[b'a'; UNIX_NAME_MAX]).is_some());
+    assert!(UnixName::new(id, &[b'a'; UNIX_NAME_MAX + 1]).is_none());
+    assert_ne!(a, UnixName::new(ContainerId(2), b"x").unwrap());
 }

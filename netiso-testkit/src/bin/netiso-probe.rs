@@ -1,13 +1,14 @@
 //! netiso-probe: performs socket operations from inside a network namespace and cgroup and
 //! prints one JSON line per step, so tests see exactly what a containerized process sees.
 //!
-//! Usage: netiso-probe [--netns PATH] [--cgroup DIR] [--drop-caps 1] [--uid N] STEP...
-//! `--drop-caps 1` drops CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF and CAP_PERFMON
-//! (effective, permitted, inheritable, ambient and bounding sets) and `--uid N` becomes uid
-//! and gid N with no supplementary groups: both after joining the namespace and the cgroup,
-//! before any step, so the steps run as an attacker inside a container would.
+//! Usage: netiso-probe [--netns PATH] [--cgroup DIR] [--caps container|none] [--uid N] STEP...
+//! `--caps container` drops CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF and
+//! CAP_PERFMON from every set (root as a container runtime leaves it, the threat model's
+//! attacker), `--caps none` drops every capability, and `--uid N` becomes uid and gid N with
+//! no supplementary groups: all after joining the namespace and the cgroup, before any step.
 //! Each STEP is one argument, an operation and its operands separated by spaces:
-//!   socket tcp4|tcp6|udp4|udp6|ping4|ping6|raw4|raw6|rawip4|sctp4|mptcp4|udplite4|l2tp4
+//!   socket tcp4|tcp6|udp4|udp6|ping4|ping6|raw4|raw6|rawip4|rawicmp4|rawicmp6|sctp4|mptcp4|
+//!          udplite4|l2tp4|unix-stream|unix-dgram
 //!   v6only 0|1            bind ADDR            bind-unspec PORT      name
 //!   connect ADDR          listen               accept                send
 //!   sendto ADDR           sendmsg ADDR         sendmmsg ADDR         sendto-pktinfo ADDR SRC
@@ -21,7 +22,13 @@
 //!   packet-send IFACE HEX (AF_PACKET socket: send the Ethernet frame HEX out of IFACE)
 //!   tc-run PIN HEX        (BPF_PROG_TEST_RUN of the TC program pinned at PIN on
 //!                          frame HEX; value: the program's return value)
-//! ADDR is ip:port or [ip6]:port. The probe stops at the first failing step.
+//!   broadcast             (SO_BROADCAST)       ping ADDR (ICMP echo request on a ping socket)
+//!   recv-icmp             (raw ICMPv4 socket: value "SRC>DST TYPE")
+//!   rthdr SEG...          (IPV6_RTHDR: segment routing header through SEG..., in travel order)
+//!   compat-setsockopt direct|socketcall LEVEL NAME HEX
+//!                         (setsockopt through the 32-bit entry, int 0x80: no cgroup hook)
+//! ADDR is ip:port, [ip6]:port, @NAME (an abstract unix name) or /PATH (a unix path). The
+//! probe stops at the first failing step.
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr},
@@ -46,6 +53,20 @@ fn emit(op: &str, r: Result<Option<String>, Errno>) -> bool {
 
 fn parse(addr: &str) -> Result<SocketAddr, Errno> {
     addr.parse().map_err(|_| Errno::EINVAL)
+}
+
+/// ADDR as a socket address: ip:port, [ip6]:port, @NAME (abstract unix) or /PATH (unix).
+fn sockaddr(addr: &str) -> Result<SockaddrStorage, Errno> {
+    let unix = if let Some(name) = addr.strip_prefix('@') {
+        socket::UnixAddr::new_abstract(name.as_bytes())?
+    } else if addr.starts_with('/') {
+        socket::UnixAddr::new(addr)?
+    } else {
+        return parse(addr).map(SockaddrStorage::from);
+    };
+    // SAFETY: a valid sockaddr_un of the given length.
+    unsafe { SockaddrStorage::from_raw(unix.as_ptr().cast(), Some(unix.len())) }
+        .ok_or(Errno::EINVAL)
 }
 
 fn check(rc: libc::c_int) -> Result<libc::c_int, Errno> {
@@ -82,10 +103,14 @@ impl Probe {
             "raw4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP),
             "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP),
             "rawip4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
+            "rawicmp4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+            "rawicmp6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
             "sctp4" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
             "mptcp4" => (libc::AF_INET, libc::SOCK_STREAM, 262),
             "udplite4" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
             "l2tp4" => (libc::AF_INET, libc::SOCK_DGRAM, 115),
+            "unix-stream" => (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+            "unix-dgram" => (libc::AF_UNIX, libc::SOCK_DGRAM, 0),
             _ => return Err(Errno::EINVAL),
         };
         let fd = check(unsafe { libc::socket(family, ty, proto) })?;
@@ -182,7 +207,7 @@ impl Probe {
     }
 
     fn bind(&self, addr: &str) -> Result<Option<String>, Errno> {
-        let sa = SockaddrStorage::from(parse(addr)?);
+        let sa = sockaddr(addr)?;
         socket::bind(self.fd()?, &sa)?;
         self.name()
     }
@@ -203,7 +228,7 @@ impl Probe {
     }
 
     fn connect(&self, addr: &str) -> Result<Option<String>, Errno> {
-        let sa = SockaddrStorage::from(parse(addr)?);
+        let sa = sockaddr(addr)?;
         socket::connect(self.fd()?, &sa)?;
         self.name()
     }
@@ -231,14 +256,14 @@ impl Probe {
     }
 
     fn sendto(&self, addr: &str) -> Result<Option<String>, Errno> {
-        let sa = SockaddrStorage::from(parse(addr)?);
+        let sa = sockaddr(addr)?;
         socket::sendto(self.fd()?, b"probe", &sa, socket::MsgFlags::empty())?;
         self.name()
     }
 
     /// sendmsg(2) with an optional source-address control message.
     fn sendmsg(&self, addr: &str, src: Option<&str>) -> Result<Option<String>, Errno> {
-        let sa = SockaddrStorage::from(parse(addr)?);
+        let sa = sockaddr(addr)?;
         let iov = [std::io::IoSlice::new(b"probe")];
         let fd = self.fd()?;
         match src.map(ip_of).transpose()? {
@@ -260,7 +285,7 @@ impl Probe {
     }
 
     fn sendmmsg(&self, addr: &str) -> Result<Option<String>, Errno> {
-        let sa = SockaddrStorage::from(parse(addr)?);
+        let sa = sockaddr(addr)?;
         let mut buf = *b"probe";
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
@@ -309,6 +334,66 @@ impl Probe {
         Ok(None)
     }
 
+    /// Sends an ICMP echo request (on a ping socket; the kernel fills in id and checksum).
+    fn ping(&self, addr: &str) -> Result<Option<String>, Errno> {
+        let sa = parse(addr)?;
+        let ty = if sa.is_ipv4() { 8 } else { 128 };
+        let echo = [ty, 0, 0, 0, 0, 0, 0, 1, b'n', b'i'];
+        socket::sendto(
+            self.fd()?,
+            &echo,
+            &SockaddrStorage::from(sa),
+            socket::MsgFlags::empty(),
+        )?;
+        Ok(None)
+    }
+
+    /// setsockopt(IPV6_RTHDR) with a segment routing header (type 4) through `segments`, the
+    /// last one first, as the kernel wants them.
+    fn rthdr(&self, segments: &[&str]) -> Result<Option<String>, Errno> {
+        let srh = srh(segments)?;
+        check(unsafe {
+            libc::setsockopt(
+                self.fd()?,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_RTHDR,
+                srh.as_ptr().cast::<libc::c_void>(),
+                srh.len() as u32,
+            )
+        })?;
+        Ok(None)
+    }
+
+    /// setsockopt through the 32-bit compat entry (`int 0x80`), which skips the cgroup sockopt
+    /// hook: `how` is `direct` (the setsockopt syscall) or `socketcall`.
+    fn compat_setsockopt(
+        &self,
+        how: &str,
+        level: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<Option<String>, Errno> {
+        let fd = self.fd()?;
+        let level: i32 = level.parse().map_err(|_| Errno::EINVAL)?;
+        let name: i32 = name.parse().map_err(|_| Errno::EINVAL)?;
+        compat::setsockopt(how, fd, level, name, value)?;
+        Ok(None)
+    }
+
+    /// Receives on a raw ICMPv4 socket (which gets the IP header): "SRC>DST TYPE".
+    fn recv_icmp(&self) -> Result<Option<String>, Errno> {
+        let mut buf = [0u8; 2048];
+        let n = socket::recv(self.fd()?, &mut buf, socket::MsgFlags::empty())?;
+        if n < 21 {
+            return Err(Errno::EMSGSIZE);
+        }
+        let hl = usize::from(buf[0] & 0x0f) * 4;
+        let src = std::net::Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        let dst = std::net::Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+        let ty = buf.get(hl).copied().ok_or(Errno::EMSGSIZE)?;
+        Ok(Some(format!("{src}>{dst} {ty}")))
+    }
+
     fn recvfrom(&self) -> Result<Option<String>, Errno> {
         let mut buf = [0u8; 2048];
         let (_, from) = socket::recvfrom::<SockaddrStorage>(self.fd()?, &mut buf)?;
@@ -330,6 +415,168 @@ impl Probe {
             let _ = writeln!(stream, "{text}");
         }
     }
+}
+
+/// A type 4 (segment routing) header through `segments` (IPv6 addresses, in travel order).
+fn srh(segments: &[&str]) -> Result<Vec<u8>, Errno> {
+    let addrs = segments
+        .iter()
+        .map(|s| s.parse::<std::net::Ipv6Addr>().map_err(|_| Errno::EINVAL))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = u8::try_from(addrs.len()).map_err(|_| Errno::EINVAL)?;
+    if n == 0 {
+        return Err(Errno::EINVAL);
+    }
+    // next header (the kernel sets it), length in 8-byte units after the first 8 bytes,
+    // type 4, segments left, last entry, flags, tag.
+    let mut h = vec![0, 2 * n, 4, n - 1, n - 1, 0, 0, 0];
+    for a in addrs.iter().rev() {
+        h.extend_from_slice(&a.octets());
+    }
+    Ok(h)
+}
+
+/// The 32-bit compat system call entry, reached from this 64-bit process with `int 0x80`.
+mod compat {
+    use nix::errno::Errno;
+
+    const NR_SOCKETCALL: u32 = 102;
+    const NR_SETSOCKOPT: u32 = 366;
+    const SYS_SETSOCKOPT: u32 = 14;
+
+    /// A page below 4 GiB, where 32-bit pointers can reach.
+    fn low_page() -> Result<*mut u8, Errno> {
+        // SAFETY: an anonymous private mapping, owned by this short-lived process.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        Ok(p.cast())
+    }
+
+    /// One i386 system call; returns the kernel's result (negative errno on failure).
+    fn int80(nr: u32, a: [u32; 5]) -> i32 {
+        let ret: u32;
+        // SAFETY: the i386 entry reads its arguments from these registers; rbx is reserved by
+        // the compiler, hence the exchange around the trap. Pointer arguments point below
+        // 4 GiB (see `low_page`).
+        unsafe {
+            core::arch::asm!(
+                "xchg {b:e}, ebx",
+                "int 0x80",
+                "xchg {b:e}, ebx",
+                b = inout(reg) a[0] => _,
+                inlateout("eax") nr => ret,
+                in("ecx") a[1],
+                in("edx") a[2],
+                in("esi") a[3],
+                in("edi") a[4],
+            );
+        }
+        ret as i32
+    }
+
+    pub fn setsockopt(
+        how: &str,
+        fd: i32,
+        level: i32,
+        name: i32,
+        value: &[u8],
+    ) -> Result<(), Errno> {
+        if value.len() > 1024 {
+            return Err(Errno::EINVAL);
+        }
+        let page = low_page()?;
+        // SAFETY: `page` is a fresh 4096-byte mapping; the value fits in its first KiB.
+        unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), page, value.len()) };
+        let optval = page as usize as u32;
+        let args = [
+            fd as u32,
+            level as u32,
+            name as u32,
+            optval,
+            value.len() as u32,
+        ];
+        let rc = match how {
+            "direct" => int80(NR_SETSOCKOPT, args),
+            "socketcall" => {
+                // The argument array goes to the second KiB of the same page.
+                let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_ne_bytes()).collect();
+                // SAFETY: 20 bytes within the page, after the value.
+                let argv = unsafe { page.add(2048) };
+                // SAFETY: `argv` has room for `bytes`; the regions do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), argv, bytes.len()) };
+                int80(
+                    NR_SOCKETCALL,
+                    [SYS_SETSOCKOPT, argv as usize as u32, 0, 0, 0],
+                )
+            }
+            _ => return Err(Errno::EINVAL),
+        };
+        // SAFETY: unmapping the page mapped above.
+        unsafe { libc::munmap(page.cast(), 4096) };
+        if rc < 0 {
+            Err(Errno::from_raw(-rc))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Drops every capability (bounding, ambient, effective, permitted, inheritable): a
+/// container's root. Or, with `uid`, becomes that user (which drops them too).
+fn drop_privileges(how: &str) -> std::io::Result<()> {
+    if let Ok(uid) = how.parse::<u32>() {
+        nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+        let (u, g) = (
+            nix::unistd::Uid::from_raw(uid),
+            nix::unistd::Gid::from_raw(uid),
+        );
+        nix::unistd::setresgid(g, g, g).map_err(std::io::Error::from)?;
+        return nix::unistd::setresuid(u, u, u).map_err(std::io::Error::from);
+    }
+    if how != "none" {
+        return Err(std::io::Error::other("use --caps none or --uid N"));
+    }
+    for cap in 0..64 {
+        // SAFETY: plain prctl calls on this process; caps beyond the kernel's last fail.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [0u32; 6]; // effective, permitted, inheritable, twice (64 bits)
+                          // SAFETY: capset with a version-3 header and two zeroed data structs.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Sends a raw Ethernet frame out of `iface` through an AF_PACKET socket, a path none of the
@@ -373,7 +620,7 @@ fn bind_loop(addr: &str) -> Result<Option<String>, Errno> {
         atomic::{AtomicBool, Ordering},
         Arc,
     };
-    let sa = SockaddrStorage::from(parse(addr)?);
+    let sa = sockaddr(addr)?;
     let family = if parse(addr)?.is_ipv4() {
         libc::AF_INET
     } else {
@@ -444,15 +691,6 @@ fn drop_caps() -> std::io::Result<()> {
     Ok(())
 }
 
-fn become_uid(uid: &str) -> std::io::Result<()> {
-    let id: u32 = uid
-        .parse()
-        .map_err(|_| std::io::Error::other(format!("bad uid {uid:?}")))?;
-    nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
-    nix::unistd::setgid(nix::unistd::Gid::from_raw(id)).map_err(std::io::Error::from)?;
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(id)).map_err(std::io::Error::from)
-}
-
 fn join_cgroup(dir: &str) -> std::io::Result<()> {
     std::fs::write(format!("{dir}/cgroup.procs"), "0")
 }
@@ -471,7 +709,7 @@ fn main() {
         let r = match flag.as_str() {
             "--netns" => join_netns(&value),
             "--cgroup" => join_cgroup(&value),
-            "--drop-caps" | "--uid" => {
+            "--caps" | "--uid" => {
                 shed.push((flag.clone(), value.clone()));
                 Ok(())
             }
@@ -482,11 +720,14 @@ fn main() {
             std::process::exit(2);
         }
     }
+    // Capabilities before the uid: dropping them needs CAP_SETPCAP, which setuid takes away.
+    shed.sort_by_key(|(flag, _)| flag != "--caps");
     for (flag, value) in shed {
-        let r = match flag.as_str() {
-            "--drop-caps" if value == "1" => drop_caps(),
-            "--drop-caps" => Ok(()),
-            _ => become_uid(&value),
+        let r = match (flag.as_str(), value.as_str()) {
+            ("--caps", "container") => drop_caps(),
+            ("--caps", "none") => drop_privileges("none"),
+            ("--caps", _) => Err(std::io::Error::other("use --caps container or --caps none")),
+            _ => drop_privileges(&value),
         };
         if let Err(e) = r {
             eprintln!("netiso-probe: {flag} {value}: {e}");
@@ -521,6 +762,14 @@ fn main() {
             "spoof-udp4" => arg(0).and_then(|a| arg(1).and_then(|d| p.spoof_udp4(a, d))),
             "sticky-pktinfo" => arg(0).and_then(|s| p.sticky_pktinfo(s)),
             "recvfrom" => p.recvfrom(),
+            "recv-icmp" => p.recv_icmp(),
+            "broadcast" => p.setsockopt_int(libc::SOL_SOCKET, libc::SO_BROADCAST, 1),
+            "ping" => arg(0).and_then(|a| p.ping(a)),
+            "rthdr" => p.rthdr(rest),
+            "compat-setsockopt" => arg(0).and_then(|how| {
+                let value = netiso_testkit::craft::from_hex(arg(3)?).ok_or(Errno::EINVAL)?;
+                p.compat_setsockopt(how, arg(1)?, arg(2)?, &value)
+            }),
             "packet-send" => arg(0).and_then(|i| arg(1).and_then(|h| packet_send(i, h))),
             "tc-run" => arg(0).and_then(|pin| arg(1).and_then(|h| tc_run(pin, h))),
             "serve" => p.serve(&rest.join(" ")),

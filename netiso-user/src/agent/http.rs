@@ -50,7 +50,7 @@ use super::{
 use crate::api::{
     routes::{self, Method, Route},
     AddContainer, AddIp, ContainerInfo, ErrorBody, EventsPage, IfaceInfo, MoveIp, Moved,
-    PolicyRule, SetMode, Status,
+    PolicyRule, SetAbstractUnix, SetMode, Status,
 };
 
 /// Bounds of the API server.
@@ -172,6 +172,7 @@ pub fn router(shared: Shared) -> Router {
     r = serve(r, routes::SHOW_CONTAINER, show);
     r = serve(r, routes::REMOVE_CONTAINER, remove);
     r = serve(r, routes::SET_MODE, set_mode);
+    r = serve(r, routes::SET_ABSTRACT_UNIX, set_abstract_unix);
     r = serve(r, routes::ADD_IP, add_ip);
     r = serve(r, routes::REMOVE_IP, remove_ip);
     r = serve(r, routes::MOVE_IP, move_ip);
@@ -784,6 +785,16 @@ async fn set_mode(
     let name = path(name)?;
     let req = body(b)?;
     Ok(Json(s.service().set_mode(&name, req.mode)?))
+}
+
+async fn set_abstract_unix(
+    State(s): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+    b: Result<Json<SetAbstractUnix>, JsonRejection>,
+) -> ApiResult<ContainerInfo> {
+    let name = path(name)?;
+    let req = body(b)?;
+    Ok(Json(s.service().set_abstract_unix(&name, req.names)?))
 }
 
 async fn add_ip(

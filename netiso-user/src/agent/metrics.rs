@@ -141,13 +141,16 @@ pub fn render(s: &mut Service) -> String {
         .iter()
         .map(|_| Family::default())
         .collect();
-    let ids: Vec<(u32, String)> = s
+    let ids: Vec<(u32, u64, String)> = s
         .registry()
         .iter()
-        .map(|c| (c.id, c.name.clone()))
+        .map(|c| (c.id, c.cgroup_id, c.name.clone()))
         .collect();
-    for (id, name) in ids {
-        let Ok(values) = s.datapath().counters(netiso_common::ContainerId(id)) else {
+    for (id, cgroup_id, name) in ids {
+        let Ok(values) = s
+            .datapath()
+            .counters(netiso_common::ContainerId(id), cgroup_id)
+        else {
             continue;
         };
         let l = labels(&[("container", &name)]);

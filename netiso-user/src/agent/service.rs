@@ -22,7 +22,10 @@ use super::watch::CgroupWatch;
 use crate::{
     api::{CapacityInfo, IfaceInfo, IfaceState, Mode, PolicyAction, PolicyRule, Status},
     cgroup,
-    datapath::{Capacity, Datapath, DatapathError, Entry, IfaceStatus, LinkState, PROGRAMS},
+    datapath::{
+        Capacity, Datapath, DatapathError, Entry, IfaceStatus, LinkState, PER_CONTAINER, PROGRAMS,
+        STEER,
+    },
     registry::{ContainerSpec, Registry},
     state::State,
     store::{Op, Store, StoreError},
@@ -81,10 +84,11 @@ impl Default for Limits {
     }
 }
 
-/// What the datapath needs of a registered container.
-pub fn entry(spec: &ContainerSpec) -> Entry {
+/// What the datapath needs of a registered container; `reg` holds the rules that name it.
+pub fn entry(spec: &ContainerSpec, reg: &Registry) -> Entry {
     Entry {
         id: ContainerId(spec.id),
+        cgroup: spec.cgroup.clone(),
         cgroup_id: spec.cgroup_id,
         cgroup_level: spec.cgroup_level,
         ips: spec.ips.clone(),
@@ -92,6 +96,13 @@ pub fn entry(spec: &ContainerSpec) -> Entry {
         audit: spec.mode == Mode::Audit,
         allow_raw: spec.allow_raw,
         isolated: spec.isolated,
+        deny_rules: reg.rules().any(|(_, to, allow)| to == spec.id && !allow),
+        unix_names: spec.abstract_unix.as_ref().map(|names| {
+            names
+                .iter()
+                .filter_map(|n| crate::api::abstract_name(n).ok().map(<[u8]>::to_vec))
+                .collect()
+        }),
     }
 }
 
@@ -295,7 +306,7 @@ impl Service {
         }
         // The maps follow this store from now on.
         datapath.set_store_id(reg.store_id)?;
-        let entries: Vec<Entry> = reg.iter().map(entry).collect();
+        let entries: Vec<Entry> = reg.iter().map(|s| entry(s, &reg)).collect();
         let corrections = datapath.reconcile(&entries, &rule_ids(&reg), reg.enabled)?;
         let lines: Vec<String> = corrections.iter().map(ToString::to_string).collect();
         log_corrections("pinned maps", &lines, 50);
@@ -417,7 +428,12 @@ impl Service {
             bpffs: self.paths.bpffs.clone(),
             state_dir: self.paths.state_dir.clone(),
             containers: self.reg.len(),
-            programs: PROGRAMS.iter().map(|(p, _)| (*p).to_owned()).collect(),
+            programs: PROGRAMS
+                .iter()
+                .chain([&STEER])
+                .chain(&PER_CONTAINER)
+                .map(|(p, _)| (*p).to_owned())
+                .collect(),
             ifaces: self.reg.ifaces.iter().cloned().collect(),
             capacity: Some(CapacityInfo {
                 containers: l.containers,
@@ -545,12 +561,25 @@ impl Service {
             None => Op::DeleteRule(from, to),
         };
         let (f, t) = (ContainerId(from), ContainerId(to));
+        // The destination's flags say whether a deny rule names it.
+        let target_spec = self.spec(&req.to)?;
+        let before = entry(target_spec, &self.reg);
+        let mut target = before.clone();
+        target.deny_rules = !allow
+            || self
+                .reg
+                .rules()
+                .any(|(f2, t2, a2)| t2 == to && f2 != from && !a2);
         self.change(
             &[Op::PutRule(from, to, allow)],
             &[undo],
-            |dp| dp.set_rule(f, t, Some(allow)),
+            |dp| {
+                dp.set_rule(f, t, Some(allow))?;
+                dp.register(&target, false)
+            },
             |dp| {
                 let _ = dp.set_rule(f, t, old);
+                let _ = dp.register(&before, false);
             },
         )?;
         self.reg.set_rule(from, to, allow);

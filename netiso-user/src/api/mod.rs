@@ -87,6 +87,58 @@ pub struct AddContainer {
     pub allow_raw: bool,
     #[serde(default)]
     pub isolated: bool,
+    /// Restricts the container's abstract unix sockets to these names (see
+    /// [`SetAbstractUnix`]); absent: shared with the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abstract_unix: Option<Vec<String>>,
+}
+
+/// Longest abstract unix name netiso can list (bytes after the `@`).
+pub const ABSTRACT_NAME_MAX: usize = 107;
+/// Most names one container may list.
+pub const ABSTRACT_NAMES_PER_CONTAINER: usize = 256;
+
+/// Checks an abstract unix socket name as `ss -x` prints it: `@` (the leading NUL) and 0-107
+/// more bytes, none of them NUL. Returns the bytes after the `@`.
+pub fn abstract_name(name: &str) -> Result<&[u8], String> {
+    let Some(rest) = name.strip_prefix('@') else {
+        return Err(format!(
+            "abstract unix name {name:?} must start with '@' (written as `ss -x` shows it)"
+        ));
+    };
+    if rest.len() > ABSTRACT_NAME_MAX || rest.contains('\0') {
+        return Err(format!(
+            "abstract unix name {name:?}: at most {ABSTRACT_NAME_MAX} bytes after the '@', no NUL"
+        ));
+    }
+    Ok(rest.as_bytes())
+}
+
+/// Checks a list of abstract names (each valid, no more than
+/// [`ABSTRACT_NAMES_PER_CONTAINER`]) and returns it sorted, without duplicates.
+pub fn abstract_names(names: &[String]) -> Result<Vec<String>, String> {
+    if names.len() > ABSTRACT_NAMES_PER_CONTAINER {
+        return Err(format!(
+            "{} abstract unix names given; a container may list at most {ABSTRACT_NAMES_PER_CONTAINER}",
+            names.len()
+        ));
+    }
+    for n in names {
+        abstract_name(n)?;
+    }
+    let mut out = names.to_vec();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// PUT /v1/containers/{name}/abstract-unix: `names` Some restricts the container's abstract
+/// unix sockets to those names (connect and send; none at all when empty), None shares the
+/// host's abstract namespace again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAbstractUnix {
+    pub names: Option<Vec<String>>,
 }
 
 /// POST /v1/policy: may container `from` reach container `to`?
@@ -161,6 +213,9 @@ pub struct ContainerInfo {
     pub allow_raw: bool,
     /// Reachable only from containers a policy rule allows.
     pub isolated: bool,
+    /// The abstract unix names it may reach; absent: the namespace is shared with the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abstract_unix: Option<Vec<String>>,
     /// Counter name -> value, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
 }

@@ -31,6 +31,7 @@ pub const ADD_CONTAINER: Route = route(Post, "/v1/containers");
 pub const SHOW_CONTAINER: Route = route(Get, "/v1/containers/{name}");
 pub const REMOVE_CONTAINER: Route = route(Delete, "/v1/containers/{name}");
 pub const SET_MODE: Route = route(Put, "/v1/containers/{name}/mode");
+pub const SET_ABSTRACT_UNIX: Route = route(Put, "/v1/containers/{name}/abstract-unix");
 pub const ADD_IP: Route = route(Post, "/v1/containers/{name}/ips");
 pub const REMOVE_IP: Route = route(Delete, "/v1/containers/{name}/ips/{ip}");
 pub const LIST_RULES: Route = route(Get, "/v1/policy");
@@ -44,7 +45,7 @@ pub const MOVE_IP: Route = route(Post, "/v1/ips/{ip}/move");
 pub const METRICS: Route = route(Get, "/metrics");
 
 /// Every route, for documentation and tests.
-pub const ALL: [Route; 18] = [
+pub const ALL: [Route; 19] = [
     STATUS,
     ENABLE,
     DISABLE,
@@ -53,6 +54,7 @@ pub const ALL: [Route; 18] = [
     SHOW_CONTAINER,
     REMOVE_CONTAINER,
     SET_MODE,
+    SET_ABSTRACT_UNIX,
     ADD_IP,
     REMOVE_IP,
     LIST_RULES,

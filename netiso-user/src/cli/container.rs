@@ -49,6 +49,14 @@ fn print_one(c: &ContainerInfo, json: bool) {
                 "no".into()
             },
         ),
+        (
+            "abstract-unix",
+            match &c.abstract_unix {
+                None => "shared with the host".into(),
+                Some(n) if n.is_empty() => "restricted: no name".into(),
+                Some(n) => format!("restricted: {}", n.join(" ")),
+            },
+        ),
     ];
     for (k, v) in &c.counters {
         pairs.push((k.as_str(), v.to_string()));
@@ -107,6 +115,7 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
                 mode: a.policy.mode,
                 allow_raw: a.policy.allow_raw,
                 isolated: a.policy.isolated,
+                abstract_unix: a.policy.abstract_unix(),
             };
             let c = client.add_container(&req)?;
             print_one(&c, json);
@@ -125,6 +134,16 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
         }
         ContainerCmd::Show { name } => {
             let c = client.container(name)?;
+            print_one(&c, json);
+        }
+        ContainerCmd::AbstractUnix {
+            name,
+            allow,
+            none: _,
+            shared,
+        } => {
+            let names = (!*shared).then(|| allow.clone());
+            let c = client.set_abstract_unix(name, names)?;
             print_one(&c, json);
         }
         ContainerCmd::Mode { name, mode } => {

@@ -108,9 +108,31 @@ pub enum ContainerCmd {
         name: String,
         mode: Mode,
     },
+    /// Restrict a container's abstract unix sockets to listed names, or share the host's
+    /// abstract namespace again. Restricted, its connects and sends to any other abstract name
+    /// get ECONNREFUSED (as in a network namespace where no such socket exists); filesystem
+    /// (pathname) sockets are not affected.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["allow", "none", "shared"])))]
+    AbstractUnix {
+        #[arg(value_parser = name_arg)]
+        name: String,
+        /// A name it may reach, as `ss -x` shows it (`@name`); repeatable. Replaces the list.
+        #[arg(long, value_name = "@NAME", value_parser = abstract_arg)]
+        allow: Vec<String>,
+        /// Restrict it to no abstract name at all.
+        #[arg(long)]
+        none: bool,
+        /// Lift the restriction: share the host's abstract namespace (the default).
+        #[arg(long)]
+        shared: bool,
+    },
     /// Grant or revoke addresses.
     #[command(subcommand)]
     Ip(IpCmd),
+}
+
+fn abstract_arg(s: &str) -> Result<String, String> {
+    crate::api::abstract_name(s).map(|_| s.to_owned())
 }
 
 #[derive(Subcommand)]
@@ -170,9 +192,24 @@ pub struct PolicyArgs {
     /// connect/send, packets dropped on arrival). Unregistered processes are not affected.
     #[arg(long)]
     pub isolated: bool,
+    /// Restrict its abstract unix sockets to the names given with --abstract-allow (to none
+    /// without any): other connects and sends get ECONNREFUSED. Without it, containers share
+    /// the host's abstract unix namespace (see README, limitations).
+    #[arg(long)]
+    pub restrict_abstract: bool,
+    /// An abstract unix name it may reach, as `ss -x` shows it (`@name`); repeatable; implies
+    /// --restrict-abstract.
+    #[arg(long = "abstract-allow", value_name = "@NAME", value_parser = abstract_arg)]
+    pub abstract_allow: Vec<String>,
 }
 
 impl PolicyArgs {
+    /// The abstract unix restriction the flags ask for (None: shared).
+    pub fn abstract_unix(&self) -> Option<Vec<String>> {
+        (self.restrict_abstract || !self.abstract_allow.is_empty())
+            .then(|| self.abstract_allow.clone())
+    }
+
     /// Rejects a repeated address before anything is sent to the agent.
     fn check(&self) -> Result<(), Failure> {
         for (i, ip) in self.ips.iter().enumerate() {

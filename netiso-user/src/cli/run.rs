@@ -48,6 +48,7 @@ pub fn run(client: &Client, args: &RunArgs) -> CmdResult {
         mode: args.policy.mode,
         allow_raw: args.policy.allow_raw,
         isolated: args.policy.isolated,
+        abstract_unix: args.policy.abstract_unix(),
     };
     if let Err(e) = client.add_container(&req) {
         let _ = cgroup::remove_tree(&cg);

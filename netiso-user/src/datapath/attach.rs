@@ -33,18 +33,32 @@ pub enum LinkState {
 
 /// Every program netiso attaches at the cgroup root: ELF function name and kernel attach type
 /// (enum bpf_attach_type), for the raw link calls.
-pub const PROGRAMS: [(&str, u32); 10] = [
-    ("sock_create", 2), // BPF_CGROUP_INET_SOCK_CREATE
-    ("bind4", 8),       // BPF_CGROUP_INET4_BIND
-    ("bind6", 9),       // BPF_CGROUP_INET6_BIND
-    ("connect4", 10),   // BPF_CGROUP_INET4_CONNECT
-    ("connect6", 11),   // BPF_CGROUP_INET6_CONNECT
-    ("sendmsg4", 14),   // BPF_CGROUP_UDP4_SENDMSG
-    ("sendmsg6", 15),   // BPF_CGROUP_UDP6_SENDMSG
-    ("setsockopt", 22), // BPF_CGROUP_SETSOCKOPT
-    ("ingress", 0),     // BPF_CGROUP_INET_INGRESS
-    ("egress", 1),      // BPF_CGROUP_INET_EGRESS
+pub const PROGRAMS: [(&str, u32); 12] = [
+    ("sock_create", 2),   // BPF_CGROUP_INET_SOCK_CREATE
+    ("post_bind4", 12),   // BPF_CGROUP_INET4_POST_BIND
+    ("post_bind6", 13),   // BPF_CGROUP_INET6_POST_BIND
+    ("sock_release", 34), // BPF_CGROUP_INET_SOCK_RELEASE
+    ("bind4", 8),         // BPF_CGROUP_INET4_BIND
+    ("bind6", 9),         // BPF_CGROUP_INET6_BIND
+    ("connect4", 10),     // BPF_CGROUP_INET4_CONNECT
+    ("connect6", 11),     // BPF_CGROUP_INET6_CONNECT
+    ("sendmsg4", 14),     // BPF_CGROUP_UDP4_SENDMSG
+    ("sendmsg6", 15),     // BPF_CGROUP_UDP6_SENDMSG
+    ("setsockopt", 22),   // BPF_CGROUP_SETSOCKOPT
+    ("guard", 0),         // BPF_CGROUP_INET_INGRESS
 ];
+
+/// The programs attached to each container's cgroup, not at the root: they run for every
+/// packet or every TCP event, and host sockets run none of them (see `skb`).
+pub const PER_CONTAINER: [(&str, u32); 3] = [
+    ("ingress", 0), // BPF_CGROUP_INET_INGRESS
+    ("egress", 1),  // BPF_CGROUP_INET_EGRESS
+    ("listen", 3),  // BPF_CGROUP_SOCK_OPS
+];
+
+/// The socket-lookup program and its attach type (BPF_SK_LOOKUP), linked to the agent's
+/// network namespace.
+pub const STEER: (&str, u32) = ("steer", 36);
 
 /// Loads every cgroup program, pins it under `progs`, and attaches it at `cgroup_root` or
 /// adopts the link an earlier agent pinned under `links`.
@@ -69,7 +83,45 @@ pub(super) fn cgroup_programs(
         }
         pin_program(ebpf, name, progs)?;
     }
+    for (name, _) in PER_CONTAINER {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
+        load(prog).map_err(program_err(name))?;
+        pin_program(ebpf, name, progs)?;
+    }
     Ok(())
+}
+
+/// Loads the socket-lookup program and links it to the network namespace the agent runs in,
+/// or adopts the link an earlier agent pinned. The namespace is the one whose sockets the
+/// cgroup programs govern.
+pub(super) fn steering(ebpf: &mut Ebpf, links: &Path, progs: &Path) -> Result<(), DatapathError> {
+    let (name, attach_type) = STEER;
+    let perr = program_err(name);
+    let prog: &mut aya::programs::SkLookup = ebpf
+        .program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)
+        .and_then(TryInto::try_into)
+        .map_err(&perr)?;
+    prog.load().map_err(&perr)?;
+    let fd = prog.fd().map_err(&perr)?.as_fd();
+    let pin = links.join(name);
+    if pin.exists() {
+        adopt(name, fd, &pin)?;
+    } else {
+        let netns_path = Path::new("/proc/self/ns/net");
+        let netns = fs::File::open(netns_path).map_err(io_err("opening", netns_path))?;
+        // Raw: aya 0.14's SkLookupLink cannot become a pinnable FdLink.
+        let link = raw_bpf::link_create(fd, netns.as_fd(), attach_type)
+            .map_err(io_err("linking to the network namespace", &pin))?;
+        raw_bpf::obj_pin(link.as_fd(), &pin).map_err(io_err("pinning link", &pin))?;
+        info!(
+            "attached {name} to this network namespace, pinned at {}",
+            pin.display()
+        );
+    }
+    pin_program(ebpf, name, progs)
 }
 
 fn load(prog: &mut Program) -> Result<(), ProgramError> {
@@ -78,12 +130,13 @@ fn load(prog: &mut Program) -> Result<(), ProgramError> {
         Program::CgroupSock(p) => p.load(),
         Program::CgroupSockopt(p) => p.load(),
         Program::CgroupSkb(p) => p.load(),
+        Program::SockOps(p) => p.load(),
         _ => Err(ProgramError::UnexpectedProgramType),
     }
 }
 
 /// A link pinned by an earlier agent: switch it to this agent's program, atomically.
-fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathError> {
+pub(super) fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathError> {
     let link = raw_bpf::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
     raw_bpf::link_update(link.as_fd(), prog).map_err(io_err("updating pinned link", pin))?;
     info!("adopted pinned link for {name}, program replaced atomically");
@@ -93,7 +146,7 @@ fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathErr
 /// A new bpf link at the cgroup root, pinned so it outlives the agent. Links compose with
 /// other programs at the same cgroup whatever the mode, which only applies to old-style
 /// attachments.
-fn attach(
+pub(super) fn attach(
     name: &'static str,
     prog: &mut Program,
     attach_type: u32,
@@ -120,10 +173,14 @@ fn attach(
             let id = p.attach(cgroup, direction, mode).map_err(&perr)?;
             p.take_link(id).map_err(&perr)?.try_into()
         }
+        Program::SockOps(p) => {
+            let id = p.attach(cgroup, mode).map_err(&perr)?;
+            p.take_link(id).map_err(&perr)?.try_into()
+        }
         Program::CgroupSockopt(_) => {
             // No pinnable link from aya here: raw link, raw pin.
             let fd = prog.fd().map_err(&perr)?.as_fd();
-            let link = raw_bpf::cgroup_link_create(fd, cgroup.as_fd(), attach_type)
+            let link = raw_bpf::link_create(fd, cgroup.as_fd(), attach_type)
                 .map_err(io_err("attaching program to cgroup", pin))?;
             raw_bpf::obj_pin(link.as_fd(), pin).map_err(io_err("pinning link", pin))?;
             info!("attached {name}, pinned at {}", pin.display());

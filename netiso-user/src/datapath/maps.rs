@@ -14,8 +14,8 @@ use aya::{
 };
 use log::debug;
 use netiso_common::{
-    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PolicyKey, MAX_ADDRESSES,
-    MAX_CONTAINERS,
+    config, counter, maps, Container, ContainerId, Counters, Ip4, Ip6, PacketCounters, PolicyKey,
+    Receiver, SockInfo, UnixName, MAX_ADDRESSES, MAX_CONTAINERS,
 };
 
 use super::{Datapath, DatapathError, Entry};
@@ -113,6 +113,10 @@ pub struct Snapshot {
     pub disabled: bool,
     /// The store these maps were last reconciled with (0: none recorded).
     pub store_id: u32,
+    /// Cgroups whose abstract unix sockets are restricted (their unix programs are attached),
+    /// and the names each container may reach (without the leading NUL).
+    pub unix_restricted: HashSet<u64>,
+    pub unix_names: Vec<(ContainerId, Vec<u8>)>,
 }
 
 impl Snapshot {
@@ -140,8 +144,9 @@ impl std::fmt::Display for Correction {
 }
 
 /// Key and value sizes of every hash/array map, as the eBPF object defines them.
-const LAYOUTS: [(&str, usize, usize); 8] = [
+const LAYOUTS: [(&str, usize, usize); 13] = [
     (maps::EVENTS_DROPPED, size_of::<u32>(), size_of::<u64>()),
+    (maps::UNIX_ALLOW, size_of::<UnixName>(), size_of::<u32>()),
     (maps::CONTAINERS, size_of::<u64>(), size_of::<Container>()),
     (maps::OWNED4, size_of::<Ip4>(), size_of::<ContainerId>()),
     (maps::OWNED6, size_of::<Ip6>(), size_of::<ContainerId>()),
@@ -153,6 +158,12 @@ const LAYOUTS: [(&str, usize, usize); 8] = [
     ),
     (maps::POLICY, size_of::<PolicyKey>(), size_of::<u32>()),
     (maps::IDS, size_of::<ContainerId>(), size_of::<Container>()),
+    (maps::RECEIVERS, size_of::<Receiver>(), size_of::<u64>()),
+    // Socket storage is keyed by the socket (an fd, 4 bytes, from user space).
+    (maps::SOCKS, size_of::<i32>(), size_of::<SockInfo>()),
+    // Keyed by struct bpf_cgroup_storage_key { u64 cgroup id; u32 attach type; } (padded).
+    (maps::CG_INFO, 16, size_of::<Container>()),
+    (maps::CG_COUNTERS, 16, size_of::<PacketCounters>()),
 ];
 
 /// Refuses pins left by a netiso whose maps have another layout: reusing them would make the
@@ -205,7 +216,7 @@ fn prune<K: aya::Pod + Eq + Hash>(
 }
 
 impl Datapath {
-    fn hash<K: aya::Pod, V: aya::Pod>(
+    pub(super) fn hash<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
@@ -319,7 +330,8 @@ impl Datapath {
         r.map_err(|err| self.map_error(maps::IDS, err))?;
         let mut cgroups = self.hash(maps::CONTAINERS)?;
         let r = update(|| cgroups.insert(e.cgroup_id, value, 0));
-        r.map_err(|err| self.map_error(maps::CONTAINERS, err))
+        r.map_err(|err| self.map_error(maps::CONTAINERS, err))?;
+        self.attach_packet_programs(e)
     }
 
     /// The error for a full map, naming the limit.
@@ -365,6 +377,7 @@ impl Datapath {
         })?;
         let mut containers: HashMap<_, u64, Container> = self.hash(maps::CONTAINERS)?;
         ignore_missing(containers.remove(&e.cgroup_id)).map_err(map_err(maps::CONTAINERS))?;
+        self.detach_packet_programs(e.cgroup_id)?;
         if let Err(err) = ignore_missing(self.counters_map()?.remove(&e.id)) {
             log::warn!("removing the counters of container {}: {err}", e.id.0);
         }
@@ -452,6 +465,13 @@ impl Datapath {
         let owned4 = all(self.hash::<Ip4, ContainerId>(maps::OWNED4)?, maps::OWNED4)?;
         let owned6 = all(self.hash::<Ip6, ContainerId>(maps::OWNED6)?, maps::OWNED6)?;
         let rules = all(self.hash::<PolicyKey, u32>(maps::POLICY)?, maps::POLICY)?;
+        let unix_names = self
+            .hash::<UnixName, u32>(maps::UNIX_ALLOW)?
+            .keys()
+            .map(|k| k.map(|k| (k.container, k.bytes().to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::UNIX_ALLOW))?;
+        let unix_restricted = self.unix_restricted();
         let cfg = self.config()?;
         let get = |i| cfg.get(&i, 0).map_err(map_err(maps::CONFIG));
         Ok(Snapshot {
@@ -460,6 +480,8 @@ impl Datapath {
             owned4,
             owned6,
             rules,
+            unix_restricted,
+            unix_names,
             disabled: get(config::DISABLED)? != 0,
             store_id: get(config::STORE_ID)?,
         })
@@ -551,6 +573,9 @@ impl Datapath {
                     );
                 }
                 self.register(e, false)?;
+            } else {
+                // Adopts its per-container links (switching them to this agent's programs).
+                self.attach_packet_programs(e)?;
             }
         }
         // Out: stale cgroups first (they free their processes), then ids and addresses.
@@ -570,6 +595,8 @@ impl Datapath {
             &keep_cg,
             maps::CONTAINERS,
         )?;
+        self.prune_packet_programs(&keep_cg)?;
+        self.prune_unix_names(|k| !keep_id.contains(&k.container))?;
         for (id, _) in &before.ids {
             if !keep_id.contains(id) {
                 note(maps::IDS, id.0.to_string(), "removed (not registered)");
@@ -661,8 +688,13 @@ impl Datapath {
         Ok(out)
     }
 
-    /// A container's counters summed over CPUs, indexed as `netiso_common::counter`.
-    pub fn counters(&mut self, id: ContainerId) -> Result<[u64; counter::LEN], DatapathError> {
+    /// A container's counters summed over CPUs, indexed as `netiso_common::counter`: those of
+    /// the shared map and those its packet programs keep in their attachment storage.
+    pub fn counters(
+        &mut self,
+        id: ContainerId,
+        cgroup_id: u64,
+    ) -> Result<[u64; counter::LEN], DatapathError> {
         let mut sum = [0u64; counter::LEN];
         if let Ok(values) = self.counters_map()?.get(&id, 0) {
             for cpu in values.iter() {
@@ -670,6 +702,20 @@ impl Datapath {
                     *s += v;
                 }
             }
+        }
+        let (rx, tx) = self.packet_counters(cgroup_id)?;
+        for (index, value) in [
+            (counter::RX_PACKETS, rx.packets),
+            (counter::RX_BYTES, rx.bytes),
+            (counter::INGRESS_DROPPED, rx.dropped),
+            (counter::POLICY_DROPPED, rx.policy_dropped),
+            (counter::AUDITED, rx.audited + tx.audited),
+            (counter::TX_PACKETS, tx.packets),
+            (counter::TX_BYTES, tx.bytes),
+            (counter::EGRESS_DROPPED, tx.dropped),
+            (counter::HEADER_DROPPED, tx.header_dropped),
+        ] {
+            sum[index] += value;
         }
         Ok(sum)
     }

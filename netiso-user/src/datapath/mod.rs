@@ -10,7 +10,9 @@
 mod attach;
 mod maps;
 mod raw_bpf;
+mod skb;
 mod tc;
+mod unix;
 
 use std::{
     fs, io,
@@ -25,14 +27,16 @@ use aya::{
 };
 use log::debug;
 use netiso_common::{
-    Container, ContainerId, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_HAS_V4, FLAG_HAS_V6, FLAG_ISOLATED,
+    Container, ContainerId, FLAG_ALLOW_RAW, FLAG_AUDIT, FLAG_DENY_RULES, FLAG_HAS_V4, FLAG_HAS_V6,
+    FLAG_ISOLATED,
 };
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
-pub use attach::{LinkState, PROGRAMS};
+pub use attach::{LinkState, PER_CONTAINER, PROGRAMS, STEER};
 pub use maps::{Capacity, Snapshot};
 pub use tc::{IfaceStatus, TC_PROGRAMS};
+pub use unix::UNIX_PROGRAMS;
 
 use crate::sys;
 
@@ -79,6 +83,8 @@ pub enum DatapathError {
         flag: &'static str,
         capacity: u32,
     },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -130,9 +136,14 @@ impl PinLock {
 
 /// A container as the datapath needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of a container, mirrored from the state"
+)]
 pub struct Entry {
     pub id: ContainerId,
-    /// The cgroup's id (its inode number) and depth below the cgroup2 mount.
+    /// The cgroup's path, id (its inode number) and depth below the cgroup2 mount.
+    pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub cgroup_level: u32,
     /// Owned addresses; the first of each family is the primary.
@@ -142,6 +153,10 @@ pub struct Entry {
     pub audit: bool,
     pub allow_raw: bool,
     pub isolated: bool,
+    /// An explicit deny rule names this container as destination.
+    pub deny_rules: bool,
+    /// Some: its abstract unix sockets reach only these names (without the leading NUL).
+    pub unix_names: Option<Vec<Vec<u8>>>,
 }
 
 impl Entry {
@@ -152,7 +167,8 @@ impl Entry {
             id: self.id,
             flags: flag(self.audit, FLAG_AUDIT)
                 | flag(self.allow_raw, FLAG_ALLOW_RAW)
-                | flag(self.isolated, FLAG_ISOLATED),
+                | flag(self.isolated, FLAG_ISOLATED)
+                | flag(self.deny_rules, FLAG_DENY_RULES),
             lo4: self.loopback.into(),
             ..Container::default()
         };
@@ -180,6 +196,10 @@ pub struct Datapath {
     cgroup_root: PathBuf,
     /// The capacities in force (those of pinned maps when they were adopted).
     capacity: Capacity,
+    /// Cgroups whose packet programs this agent attached or adopted.
+    attached: std::collections::HashSet<u64>,
+    /// The abstract-unix programs, or why they could not be loaded.
+    unix: Result<unix::UnixPrograms, String>,
     _lock: PinLock,
 }
 
@@ -209,15 +229,26 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&dirs[0]);
         capacity.configure(&mut loader);
+        if std::env::var_os("NETISO_VERIFIER_LOG").is_some() {
+            // A developer's aid: the verifier's full reasoning when a program is refused.
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE);
+        }
         let mut ebpf = loader.load(OBJECT)?;
         attach::cgroup_programs(&mut ebpf, cgroup_root, &dirs[1], &dirs[2])?;
+        attach::steering(&mut ebpf, &dirs[1], &dirs[2])?;
         tc::load(&mut ebpf, &dirs[2])?;
         let capacity = maps::capacity_in_force(&ebpf)?;
+        let unix = unix::load(&ebpf, &dirs[2]).map_err(|e| {
+            log::warn!("{e}: containers cannot restrict their abstract unix sockets");
+            e.to_string()
+        });
         Ok(Datapath {
             ebpf,
             bpffs: bpffs.to_owned(),
             cgroup_root: cgroup_root.to_owned(),
             capacity,
+            attached: std::collections::HashSet::new(),
+            unix,
             _lock: lock,
         })
     }

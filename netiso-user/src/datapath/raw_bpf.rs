@@ -11,6 +11,7 @@ use std::{
 };
 
 // enum bpf_cmd
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -67,21 +68,22 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
-/// Gap: aya 0.14's `CgroupSockopt` has no link it can pin; this creates the cgroup link (a
-/// bpf link, so it composes with other programs) whose descriptor [`obj_pin`] pins.
-pub fn cgroup_link_create(
+/// Gap: aya 0.14 gives a cgroup sockopt program and a socket-lookup program links it cannot
+/// turn into pinnable `FdLink`s; this creates the link (to a cgroup or a network namespace
+/// fd; a bpf link, so it composes with other programs) whose descriptor [`obj_pin`] pins.
+pub fn link_create(
     prog: BorrowedFd<'_>,
-    cgroup: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<OwnedFd> {
     let mut attr = Attr::default();
     // struct { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; }
-    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(target.as_raw_fd() as u32) << 32);
     attr[1] = u64::from(attach_type);
     Ok(owned(bpf(BPF_LINK_CREATE, &mut attr)?))
 }
 
-/// Gap: aya 0.14 updates TC links (`attach_to_link`) but not cgroup links. Atomically replaces
+/// Gap: aya 0.14 updates TC links (`attach_to_link`) but not cgroup or netns links. Atomically replaces
 /// the program a link runs, so a restarted agent swaps programs with no enforcement gap.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = Attr::default();
@@ -114,4 +116,51 @@ pub fn cgroup_link(link: BorrowedFd<'_>) -> io::Result<(u32, u64)> {
     // union member: struct { u64 cgroup_id; u32 attach_type; } cgroup
     let info = link_info(link)?;
     Ok(((info[1] & 0xffff_ffff) as u32, info[2]))
+}
+
+/// Gap: aya 0.14 cannot load a program for an attach type it does not know (the unix
+/// sock_addr hooks). Loads `insns` (relocated `struct bpf_insn`s) as a GPL program of
+/// `prog_type` for `expected_attach_type`; on refusal the error carries the verifier's log.
+pub fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[aya_obj::generated::bpf_insn],
+    name: &str,
+) -> io::Result<OwnedFd> {
+    const LICENSE: &[u8] = b"GPL\0";
+    let load = |log: &mut [u8]| {
+        let mut attr = Attr::default();
+        // struct { u32 prog_type; u32 insn_cnt; u64 insns; u64 license; u32 log_level;
+        //   u32 log_size; u64 log_buf; u32 kern_version; u32 prog_flags; char prog_name[16];
+        //   u32 prog_ifindex; u32 expected_attach_type; ... }
+        attr[0] = u64::from(prog_type) | ((insns.len() as u64) << 32);
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = LICENSE.as_ptr() as u64;
+        if !log.is_empty() {
+            attr[3] = 1 | ((log.len() as u64) << 32);
+            attr[4] = log.as_mut_ptr() as u64;
+        }
+        let mut prog_name = [0u8; 16];
+        for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s;
+        }
+        attr[6] = u64::from_ne_bytes(prog_name[..8].try_into().expect("8 bytes"));
+        attr[7] = u64::from_ne_bytes(prog_name[8..].try_into().expect("8 bytes"));
+        attr[8] = u64::from(expected_attach_type) << 32;
+        bpf(BPF_PROG_LOAD, &mut attr).map(owned)
+    };
+    load(&mut []).or_else(|first| {
+        let mut log = vec![0u8; 1 << 20];
+        if let Ok(fd) = load(&mut log) {
+            return Ok(fd);
+        }
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        Err(io::Error::new(
+            first.kind(),
+            format!("{first}; verifier log (end):\n{tail}"),
+        ))
+    })
 }

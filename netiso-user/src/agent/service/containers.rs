@@ -30,7 +30,9 @@ impl Service {
 
     fn info(&mut self, id: u32) -> Result<ContainerInfo> {
         let spec = self.reg.get(id).expect("a registered id").clone();
-        let values = self.datapath.counters(ContainerId(spec.id))?;
+        let values = self
+            .datapath
+            .counters(ContainerId(spec.id), spec.cgroup_id)?;
         let counters: BTreeMap<String, u64> = counter::NAMES
             .iter()
             .zip(values)
@@ -47,6 +49,7 @@ impl Service {
             mode: spec.mode,
             allow_raw: spec.allow_raw,
             isolated: spec.isolated,
+            abstract_unix: spec.abstract_unix,
             counters,
         })
     }
@@ -96,6 +99,35 @@ impl Service {
         Ok(())
     }
 
+    /// Validates a container's abstract unix names (sorted, deduplicated) and checks they fit
+    /// the name map, counting the names of every other container but `replacing`.
+    fn check_abstract_names(
+        &self,
+        names: Option<&[String]>,
+        replacing: Option<u32>,
+    ) -> Result<Option<Vec<String>>> {
+        let Some(names) = names else {
+            return Ok(None);
+        };
+        let names = crate::api::abstract_names(names).map_err(ServiceError::Invalid)?;
+        if !names.is_empty() {
+            let used: usize = self
+                .reg
+                .iter()
+                .filter(|c| Some(c.id) != replacing)
+                .filter_map(|c| c.abstract_unix.as_ref())
+                .map(Vec::len)
+                .sum();
+            if used + names.len() > netiso_common::MAX_UNIX_NAMES as usize {
+                return Err(ServiceError::Full(format!(
+                    "the abstract unix name map is full ({} names)",
+                    netiso_common::MAX_UNIX_NAMES
+                )));
+            }
+        }
+        Ok(Some(names))
+    }
+
     /// The limits a registration of `containers` more containers owning `addresses` more
     /// addresses would exceed, if any.
     fn check_room(&self, containers: usize, addresses: usize) -> Result<()> {
@@ -135,17 +167,20 @@ impl Service {
                 cg.path.display()
             )));
         }
+        let abstract_unix = self.check_abstract_names(req.abstract_unix.as_deref(), None)?;
+        let id = self.reg.allocate_id();
         Ok(ContainerSpec {
-            id: self.reg.allocate_id(),
+            id,
             name: req.name,
             cgroup: cg.path,
             cgroup_id: cg.id,
             cgroup_level: cg.level,
             ips: req.ips,
-            loopback: self.reg.allocate_loopback(),
+            loopback: crate::registry::loopback_of_slot(id),
             mode: req.mode,
             allow_raw: req.allow_raw,
             isolated: req.isolated,
+            abstract_unix,
         })
     }
 
@@ -217,7 +252,7 @@ impl Service {
         ops.push(Op::Cursors(self.reg.next_id, self.reg.next_loopback));
         let mut undo: Vec<Op> = specs.iter().map(|s| Op::DeleteContainer(s.id)).collect();
         undo.push(Op::Cursors(old_cursors.0, old_cursors.1));
-        let entries: Vec<_> = specs.iter().map(entry).collect();
+        let entries: Vec<_> = specs.iter().map(|s| entry(s, &self.reg)).collect();
         let window = self.reg.level_window();
         let applied = std::cell::Cell::new(0usize);
         let r = self.change(
@@ -272,7 +307,7 @@ impl Service {
         let rules = self.reg.rules_of(id);
         let mut undo = vec![Op::PutContainer(spec.clone())];
         undo.extend(rules.iter().map(|&(f, t, a)| Op::PutRule(f, t, a)));
-        let e = entry(&spec);
+        let e = entry(&spec, &self.reg);
         let cgroups = container_cgroups(&spec);
         let ips = spec.ips.clone();
         let early = std::cell::Cell::new(0);
@@ -320,7 +355,7 @@ impl Service {
     /// Saves and applies a changed spec (mode or added addresses).
     fn update(&mut self, new: ContainerSpec) -> Result<ContainerInfo> {
         let old = self.reg.get(new.id).expect("a registered id").clone();
-        let (e_new, e_old) = (entry(&new), entry(&old));
+        let (e_new, e_old) = (entry(&new, &self.reg), entry(&old, &self.reg));
         let added: Vec<IpAddr> = new
             .ips
             .iter()
@@ -343,6 +378,26 @@ impl Service {
             .insert(new)
             .expect("validated against the registry");
         self.info(id)
+    }
+
+    /// Restricts a container's abstract unix sockets to `names` (Some), or lifts the
+    /// restriction (None).
+    pub fn set_abstract_unix(
+        &mut self,
+        name: &str,
+        names: Option<Vec<String>>,
+    ) -> Result<ContainerInfo> {
+        let mut spec = self.spec(name)?.clone();
+        spec.abstract_unix = self.check_abstract_names(names.as_deref(), Some(spec.id))?;
+        let info = self.update(spec)?;
+        match &info.abstract_unix {
+            None => info!("container {name}: abstract unix namespace shared"),
+            Some(n) => info!(
+                "container {name}: abstract unix restricted to {} name(s)",
+                n.len()
+            ),
+        }
+        Ok(info)
     }
 
     pub fn set_mode(&mut self, name: &str, mode: Mode) -> Result<ContainerInfo> {
@@ -384,7 +439,7 @@ impl Service {
         }
         let mut new = old.clone();
         new.ips.retain(|a| *a != ip);
-        let (e_new, e_old) = (entry(&new), entry(&old));
+        let (e_new, e_old) = (entry(&new, &self.reg), entry(&old, &self.reg));
         let cgroups = container_cgroups(&old);
         let early = std::cell::Cell::new(0);
         // The container's view (its primary) changes first, while it still owns the address;
@@ -449,7 +504,12 @@ impl Service {
         a2.ips.retain(|x| *x != ip);
         let mut b2 = b.clone();
         b2.ips.push(ip);
-        let (ea, ea2, eb, eb2) = (entry(&a), entry(&a2), entry(&b), entry(&b2));
+        let (ea, ea2, eb, eb2) = (
+            entry(&a, &self.reg),
+            entry(&a2, &self.reg),
+            entry(&b, &self.reg),
+            entry(&b2, &self.reg),
+        );
         let cgroups = container_cgroups(&a);
         let early = std::cell::Cell::new(0);
         self.change(

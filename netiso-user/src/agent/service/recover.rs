@@ -22,7 +22,7 @@ use crate::{
     api::Mode,
     cgroup,
     datapath::Snapshot,
-    registry::{loopback_slot, ContainerSpec, Registry},
+    registry::{loopback_of_slot, loopback_slot, ContainerSpec, Registry},
 };
 
 /// The registry the pinned maps describe, and what was left out or changed (one line each).
@@ -98,20 +98,38 @@ pub fn from_snapshot(
             },
             allow_raw: c.flags & FLAG_ALLOW_RAW != 0,
             isolated: c.flags & FLAG_ISOLATED != 0,
+            abstract_unix: snap.unix_restricted.contains(&cgroup_id).then(|| {
+                let mut names: Vec<String> = snap
+                    .unix_names
+                    .iter()
+                    .filter(|(id, _)| *id == c.id)
+                    .map(|(_, n)| format!("@{}", String::from_utf8_lossy(n)))
+                    .collect();
+                names.sort();
+                names
+            }),
         };
-        if loopback_slot(loopback).is_none() {
+        if spec.id == 0 || spec.id > crate::registry::MAX_ID {
+            fatal.push(format!(
+                "container #{}: id outside 1..={}",
+                spec.id,
+                crate::registry::MAX_ID
+            ));
+            continue;
+        }
+        if spec.loopback != loopback_of_slot(spec.id) {
             relocate.push(spec);
             continue;
         }
-        match reg.insert(spec.clone()) {
-            Ok(_) => {}
-            Err(crate::registry::Clash::Loopback(..)) => relocate.push(spec),
-            Err(clash) => fatal.push(format!("container #{}: {clash}", c.id.0)),
+        if let Err(clash) = reg.insert(spec.clone()) {
+            fatal.push(format!("container #{}: {clash}", c.id.0));
         }
     }
+    // A container's loopback is slot `id` (the programs rely on it); ids are unique, so
+    // restoring that never clashes.
     for mut spec in relocate {
         let old = spec.loopback;
-        spec.loopback = reg.allocate_loopback();
+        spec.loopback = loopback_of_slot(spec.id);
         notes.push(format!(
             "container {}: loopback {old} was not its own; it gets {}",
             spec.name, spec.loopback
@@ -159,6 +177,6 @@ pub fn from_snapshot(
         .filter_map(|c| loopback_slot(c.loopback))
         .max()
         .unwrap_or(0);
-    reg.advance_cursors(max_id, crate::registry::loopback_of_slot(max_slot.max(1)));
+    reg.advance_cursors(max_id, loopback_of_slot(max_slot.max(1)));
     Ok((reg, notes))
 }

@@ -1,0 +1,197 @@
+//! The per-container programs (`ingress`, `egress`, `listen`): attached to each container's own
+//! cgroup as bpf links pinned at `links/skb-<program>@<cgroup id>`, so host sockets run none of
+//! them. The packet programs are fed through their attachment storage: `CG_INFO` holds the
+//! container (the packet path reads it without a lookup), `CG_COUNTERS` its per-CPU packet
+//! counters.
+#![expect(
+    deprecated,
+    reason = "attachment-local cgroup storage, see netiso-ebpf's maps"
+)]
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{CgroupStorage, CgroupStorageKey, MapData, PerCpuCgroupStorage},
+    programs::{
+        links::CgroupAttachMode, links::FdLink, CgroupSkbAttachType, Program, ProgramError,
+    },
+};
+use log::debug;
+use netiso_common::{maps, Container, PacketCounters};
+
+use super::{
+    attach::PER_CONTAINER, io_err, link_err, program_err, raw_bpf, Datapath, DatapathError, Entry,
+};
+
+/// Pins of per-container links start with this; the rest is `<direction>@<cgroup id>`.
+const PIN_PREFIX: &str = "skb-";
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Datapath {
+    fn skb_pin(&self, name: &str, cgroup_id: u64) -> PathBuf {
+        self.bpffs
+            .join("links")
+            .join(format!("{PIN_PREFIX}{name}@{cgroup_id}"))
+    }
+
+    /// Makes the container's packet programs run for its cgroup: attaches them, or adopts the
+    /// links an earlier agent pinned (switching them to this agent's programs), once per agent;
+    /// then writes the container into their storage.
+    /// The abstract-unix programs follow the same path (see `unix`).
+    pub(super) fn attach_packet_programs(&mut self, e: &Entry) -> Result<(), DatapathError> {
+        let first = !self.attached.contains(&e.cgroup_id);
+        if first {
+            for (name, attach_type) in PER_CONTAINER {
+                let pin = self.skb_pin(name, e.cgroup_id);
+                self.link_packet_program(name, attach_type, &e.cgroup, &pin)?;
+            }
+        }
+        self.write_container(e.cgroup_id, &e.value())?;
+        self.sync_unix(e, first)?;
+        self.attached.insert(e.cgroup_id);
+        Ok(())
+    }
+
+    fn link_packet_program(
+        &mut self,
+        name: &'static str,
+        attach_type: u32,
+        cgroup: &Path,
+        pin: &Path,
+    ) -> Result<(), DatapathError> {
+        let perr = program_err(name);
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(perr(ProgramError::UnexpectedProgramType))?;
+        if pin.exists() {
+            let link = raw_bpf::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
+            let fd = prog.fd().map_err(&perr)?.as_fd();
+            raw_bpf::link_update(link.as_fd(), fd).map_err(io_err("updating pinned link", pin))?;
+            debug!("adopted {}", pin.display());
+            return Ok(());
+        }
+        let dir = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
+        let mode = CgroupAttachMode::Single;
+        let link: FdLink = match prog {
+            Program::CgroupSkb(p) => {
+                let direction = if attach_type == 0 {
+                    CgroupSkbAttachType::Ingress
+                } else {
+                    CgroupSkbAttachType::Egress
+                };
+                let id = p.attach(&dir, direction, mode).map_err(&perr)?;
+                p.take_link(id).map_err(&perr)?.try_into()
+            }
+            Program::SockOps(p) => {
+                let id = p.attach(&dir, mode).map_err(&perr)?;
+                p.take_link(id).map_err(&perr)?.try_into()
+            }
+            _ => return Err(perr(ProgramError::UnexpectedProgramType)),
+        }
+        .map_err(link_err(name))?;
+        link.pin(pin).map_err(|e| DatapathError::Io {
+            what: "pinning link at",
+            path: pin.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+        debug!("attached {name} to {}", cgroup.display());
+        Ok(())
+    }
+
+    /// Writes the container into the storage of both its packet programs.
+    fn write_container(&mut self, cgroup_id: u64, value: &Container) -> Result<(), DatapathError> {
+        let m = self.ebpf.map_mut(maps::CG_INFO).expect("CG_INFO map");
+        let mut storage: CgroupStorage<&mut MapData, Container> =
+            CgroupStorage::try_from(m).map_err(map_err(maps::CG_INFO))?;
+        for (_, attach_type) in &PER_CONTAINER[..2] {
+            storage
+                .insert(CgroupStorageKey::new(cgroup_id, *attach_type), value, 0)
+                .map_err(map_err(maps::CG_INFO))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches a container's packet programs (unpinning the last reference to a link
+    /// detaches it); its storage goes with them.
+    pub(super) fn detach_packet_programs(&mut self, cgroup_id: u64) -> Result<(), DatapathError> {
+        for (name, _) in PER_CONTAINER {
+            let pin = self.skb_pin(name, cgroup_id);
+            match fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("unpinning", &pin)(e))
+                }
+                _ => {}
+            }
+        }
+        self.detach_unix(cgroup_id)?;
+        self.attached.remove(&cgroup_id);
+        Ok(())
+    }
+
+    /// Detaches the packet programs of cgroups not in `keep` (left by removed containers).
+    pub(super) fn prune_packet_programs(
+        &mut self,
+        keep: &HashSet<u64>,
+    ) -> Result<(), DatapathError> {
+        let dir = self.bpffs.join("links");
+        let entries = fs::read_dir(&dir).map_err(io_err("reading", &dir))?;
+        let mut stale = HashSet::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(cgroup_id) = name
+                .strip_prefix(PIN_PREFIX)
+                .or_else(|| name.strip_prefix(super::unix::PIN_PREFIX))
+                .and_then(|rest| rest.split_once('@'))
+                .and_then(|(_, id)| id.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !keep.contains(&cgroup_id) {
+                stale.insert(cgroup_id);
+            }
+        }
+        for cgroup_id in stale {
+            debug!("detaching the packet programs of removed cgroup {cgroup_id}");
+            self.detach_packet_programs(cgroup_id)?;
+        }
+        Ok(())
+    }
+
+    /// The container's packet counters, summed over CPUs: (ingress, egress). Zero when its
+    /// programs are not attached.
+    pub(super) fn packet_counters(
+        &mut self,
+        cgroup_id: u64,
+    ) -> Result<(PacketCounters, PacketCounters), DatapathError> {
+        let m = self
+            .ebpf
+            .map_mut(maps::CG_COUNTERS)
+            .expect("CG_COUNTERS map");
+        let storage: PerCpuCgroupStorage<&mut MapData, PacketCounters> =
+            PerCpuCgroupStorage::try_from(m).map_err(map_err(maps::CG_COUNTERS))?;
+        let sum = |attach_type| {
+            let mut t = PacketCounters::default();
+            if let Ok(values) = storage.get(CgroupStorageKey::new(cgroup_id, attach_type), 0) {
+                for c in values.iter() {
+                    t.packets += c.packets;
+                    t.bytes += c.bytes;
+                    t.dropped += c.dropped;
+                    t.policy_dropped += c.policy_dropped;
+                    t.header_dropped += c.header_dropped;
+                    t.audited += c.audited;
+                }
+            }
+            t
+        };
+        Ok((sum(PER_CONTAINER[0].1), sum(PER_CONTAINER[1].1)))
+    }
+}
