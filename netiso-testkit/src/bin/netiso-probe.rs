@@ -8,6 +8,7 @@
 //!   connect ADDR          listen               accept                send
 //!   sendto ADDR           sendmsg ADDR         sendmmsg ADDR         sendto-pktinfo ADDR SRC
 //!   sticky-pktinfo SRC    recvfrom             serve TEXT (answer every connection with TEXT)
+//!   recv (value: the text received on a connected socket, trimmed)
 //!   join-cgroup DIR       wait (until stdin closes)
 //!   timeout MS            spoof-udp4 SRC ADDR (IPPROTO_RAW socket: hand-made IPv4/UDP packet)
 //!   packet-send IFACE HEX (AF_PACKET socket: send the Ethernet frame HEX out of IFACE)
@@ -290,6 +291,13 @@ impl Probe {
         Ok(from.map(|f| f.to_string()))
     }
 
+    /// Reads what a connected socket receives (one read) as text.
+    fn recv(&self) -> Result<Option<String>, Errno> {
+        let mut buf = [0u8; 2048];
+        let n = socket::recv(self.fd()?, &mut buf, socket::MsgFlags::empty())?;
+        Ok(Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned()))
+    }
+
     /// Answers every connection with `text` until the process is killed.
     fn serve(&self, text: &str) -> Result<Option<String>, Errno> {
         let fd = self.fd()?;
@@ -389,6 +397,7 @@ fn main() {
             "spoof-udp4" => arg(0).and_then(|a| arg(1).and_then(|d| p.spoof_udp4(a, d))),
             "sticky-pktinfo" => arg(0).and_then(|s| p.sticky_pktinfo(s)),
             "recvfrom" => p.recvfrom(),
+            "recv" => p.recv(),
             "packet-send" => arg(0).and_then(|i| arg(1).and_then(|h| packet_send(i, h))),
             "tc-run" => arg(0).and_then(|pin| arg(1).and_then(|h| tc_run(pin, h))),
             "serve" => p.serve(&rest.join(" ")),

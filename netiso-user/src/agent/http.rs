@@ -119,19 +119,22 @@ pub fn router(shared: Shared) -> Router {
     .with_state(shared)
 }
 
+/// Serves the API until SIGINT or SIGTERM; `on_shutdown` runs when one arrives.
 pub async fn serve_on(
     listener: std::os::unix::net::UnixListener,
     shared: Shared,
+    on_shutdown: fn(),
 ) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
     axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            on_shutdown();
         })
         .await?;
     Ok(())
@@ -188,8 +191,13 @@ async fn add(
     b: Result<Json<AddContainer>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ContainerInfo>), ApiError> {
     let req = body(b)?;
-    let c = s.service().add(req)?;
-    Ok((StatusCode::CREATED, Json(c)))
+    let (c, created) = s.service().add_or_existing(req)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(c)))
 }
 
 async fn show(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<ContainerInfo> {

@@ -3,6 +3,7 @@ mod events;
 mod http;
 pub mod kernel;
 pub mod service;
+mod systemd;
 
 use std::{
     fs, io,
@@ -147,7 +148,9 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             None => warn!("no EVENTS ring buffer: `netiso events` will stay empty"),
         }
-        http::serve_on(listener, shared).await
+        // The socket is listening already; requests are answered as soon as serving starts.
+        systemd::ready(&format!("serving the API on {}", opts.socket.display()));
+        http::serve_on(listener, shared, systemd::stopping).await
     });
     let _ = fs::remove_file(&opts.socket);
     info!("agent stopped; the pinned programs keep enforcing");

@@ -55,12 +55,29 @@ impl Service {
     }
 
     pub fn add(&mut self, req: AddContainer) -> Result<ContainerInfo> {
+        self.add_or_existing(req).map(|(info, _)| info)
+    }
+
+    /// Registers a container and says whether it is new. Registration is idempotent: when
+    /// exactly this container (name, cgroup, addresses, options) is registered already, it is
+    /// returned unchanged (`false`); a registration that differs in anything is refused.
+    pub fn add_or_existing(&mut self, req: AddContainer) -> Result<(ContainerInfo, bool)> {
         crate::api::validate_name(&req.name).map_err(ServiceError::Invalid)?;
-        if self.state.containers.contains_key(&req.name) {
-            return Err(ServiceError::Conflict(format!(
-                "a container named {:?} already exists",
-                req.name
-            )));
+        let path = match (&req.cgroup, req.pid) {
+            (Some(path), None) => path.clone(),
+            (None, Some(pid)) => cgroup::of_pid(&self.mount, pid)
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?,
+            _ => {
+                return Err(ServiceError::Invalid(
+                    "give exactly one of cgroup and pid".into(),
+                ))
+            }
+        };
+        let cg = cgroup::resolve(&self.mount, &self.root, &path)
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        if let Some(existing) = self.state.containers.get(&req.name) {
+            same_registration(&req, &cg, existing)?;
+            return Ok((self.show(&req.name)?, false));
         }
         if req.ips.is_empty() {
             return Err(ServiceError::Invalid(
@@ -76,8 +93,6 @@ impl Service {
             }
             self.check_ip_free(ip, None)?;
         }
-        let cg = cgroup::resolve(&self.mount, &self.root, &req.cgroup)
-            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
         if cg.path == self.root {
             return Err(ServiceError::Invalid(format!(
                 "{} is the cgroup root itself; register a cgroup below it",
@@ -116,7 +131,7 @@ impl Service {
             req.name,
             spec.cgroup.display()
         );
-        self.show(&req.name)
+        Ok((self.show(&req.name)?, true))
     }
 
     pub fn remove(&mut self, name: &str) -> Result<()> {
@@ -189,6 +204,57 @@ impl Service {
         info!("container {name}: revoked {ip}");
         Ok(info)
     }
+}
+
+/// Checks that a repeated registration asks for exactly what `existing` is; a conflict
+/// names what differs.
+fn same_registration(
+    req: &AddContainer,
+    cg: &cgroup::Cgroup,
+    existing: &ContainerSpec,
+) -> Result<()> {
+    let differs = if cg.path != existing.cgroup {
+        format!(
+            "cgroup {} (requested: {})",
+            existing.cgroup.display(),
+            cg.path.display()
+        )
+    } else if cg.id != existing.cgroup_id {
+        format!(
+            "an earlier cgroup at {} (it was removed and created again)",
+            existing.cgroup.display()
+        )
+    } else if req.ips != existing.ips {
+        let list = |ips: &[IpAddr]| {
+            ips.iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "addresses {} (requested: {})",
+            list(&existing.ips),
+            list(&req.ips)
+        )
+    } else if req.mode != existing.mode {
+        format!("mode {} (requested: {})", existing.mode, req.mode)
+    } else if req.allow_raw != existing.allow_raw {
+        format!(
+            "allow-raw {} (requested: {})",
+            existing.allow_raw, req.allow_raw
+        )
+    } else if req.isolated != existing.isolated {
+        format!(
+            "isolated {} (requested: {})",
+            existing.isolated, req.isolated
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ServiceError::Conflict(format!(
+        "a container named {:?} already exists with {differs}; remove it first or choose another name",
+        req.name
+    )))
 }
 
 /// Addresses a container can own: unicast, not loopback (containers get a private one), not

@@ -1,0 +1,1 @@
+netiso_testkit::privileged_tests![];
