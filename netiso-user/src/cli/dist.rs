@@ -1,4 +1,4 @@
-//! `netiso dist-files` (hidden; `cargo xtask dist` runs it): what a package installs next to
+//! `netiso dist-files` (internal; `cargo xtask dist` runs it): what a package installs next to
 //! the binary, generated from the clap definitions and the code, so it cannot drift from
 //! them: shell completions, man pages, the systemd unit, the OCI hooks.d file and Docker's
 //! daemon.json.
@@ -8,17 +8,23 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::{Args, CommandFactory};
+use clap::{CommandFactory, Parser};
 use clap_complete::Shell;
 
-use super::{docker_runtime, oci_hook, Cli, CmdResult};
+use super::{docker_runtime, oci_hook, Cli, EXIT_RUNTIME};
 use crate::agent::DEFAULT_SOCKET;
+
+/// The command's name, recognised before the regular command line is parsed.
+pub const COMMAND: &str = "dist-files";
 
 /// The unit file; its ExecStart names this path, replaced by `--bin`.
 const UNIT: &str = include_str!("../../dist/netiso.service");
 const UNIT_BINARY: &str = "/usr/local/bin/netiso";
 
-#[derive(Args)]
+/// Write shell completions, man pages, the systemd unit, the OCI hooks.d file and Docker's
+/// daemon.json into a directory.
+#[derive(Parser)]
+#[command(name = "netiso dist-files")]
 pub struct DistArgs {
     /// Directory to write into (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -28,11 +34,27 @@ pub struct DistArgs {
     pub bin: PathBuf,
 }
 
-pub fn run(a: &DistArgs) -> CmdResult {
-    for f in write_all(&a.out, &a.bin)? {
-        println!("{}", f.display());
+/// `netiso dist-files ARGS` (`args` starts with the command's name).
+pub fn main(args: &[std::ffi::OsString]) -> i32 {
+    let a = match DistArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match write_all(&a.out, &a.bin) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("netiso: error: {e:#}");
+            EXIT_RUNTIME
+        }
     }
-    Ok(0)
 }
 
 fn create_dir(dir: &Path) -> anyhow::Result<()> {

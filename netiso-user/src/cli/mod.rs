@@ -97,10 +97,6 @@ pub enum Command {
     /// runc call passes through; `create` registers (a refusal deletes the container again),
     /// `delete` unregisters.
     DockerRuntime(docker_runtime::DockerRuntimeArgs),
-    /// Write completions, man pages, the systemd unit and runtime configuration into a
-    /// directory (used by `cargo xtask dist`).
-    #[command(hide = true)]
-    DistFiles(dist::DistArgs),
 }
 
 /// Parses an interface name (it ends up in API paths and pin names).
@@ -234,7 +230,13 @@ fn args() -> Vec<std::ffi::OsString> {
 
 /// Parses arguments, runs the command and returns the process exit status.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse_from(args()) {
+    let args = args();
+    // `netiso dist-files` (for `cargo xtask dist`) is no part of the command line it
+    // documents: parsed on its own, it stays out of completions, man pages and help.
+    if args.get(1).is_some_and(|a| a == dist::COMMAND) {
+        return dist::main(&args[1..]);
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -269,7 +271,6 @@ pub fn main() -> i32 {
         Command::Run(r) => run::run(&client(), r),
         Command::OciHook(h) => oci_hook::run(&cli.socket, h),
         Command::DockerRuntime(d) => docker_runtime::run(&cli.socket, d),
-        Command::DistFiles(d) => dist::run(d),
     };
     match result {
         Ok(code) => code,
