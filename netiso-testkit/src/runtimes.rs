@@ -260,7 +260,7 @@ impl Podman {
     /// Waits until container `name`'s output contains `needle`.
     #[track_caller]
     pub fn wait_log(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             let out = self.podman(&["logs", name]);
             if out.stdout.contains(needle) {
@@ -371,7 +371,7 @@ impl Dockerd {
             });
         }
         d.child = Some(cmd.spawn().expect("starting dockerd"));
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_mins(2);
         while d.docker(&["info"]).code != 0 {
             if let Some(Ok(Some(st))) = d.child.as_mut().map(Child::try_wait) {
                 panic!("dockerd exited with {st}:\n{}", d.log());
@@ -422,7 +422,7 @@ impl Dockerd {
     /// Waits until container `name`'s output contains `needle`.
     #[track_caller]
     pub fn wait_log(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             let out = self.docker(&["logs", name]);
             if out.stdout.contains(needle) {

@@ -62,8 +62,7 @@ fn agent_notifies_ready_and_stopping() {
     let dir = TempDir::new("sd-notify");
     let path = dir.0.join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
     let log = fs::File::create(dir.0.join("agent.log")).unwrap();
     let child = Command::new(netiso_bin())
         .args(agent.args())

@@ -250,6 +250,9 @@ fn try_run(p: &Podman, opts: &[String]) -> (CliOutput, bool) {
     (out, ran)
 }
 
+/// Annotations as (key, value) pairs.
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 /// Contract: a container whose annotations netiso cannot use, or that the agent refuses,
 /// does not start: `podman run` fails with a message naming the annotation (or the
 /// agent's reason) and the command never runs. Registered containers are unchanged.
@@ -264,7 +267,7 @@ fn podman_refusals_abort_the_container() {
     p.wait_log("web", "serving");
     let before = registry(&w);
 
-    let cases: [(&[(&str, &str)], &[&str]); 8] = [
+    let cases: [(Pairs, &[&str]); 8] = [
         (
             &[("io.netiso.ips", "192.0.2.999")],
             &["invalid annotation io.netiso.ips", "192.0.2.999"],
@@ -462,7 +465,7 @@ fn podman_container_dead_without_poststop_is_removed() {
     assert!(!cg.exists());
     wait_until(
         "the agent removed the registration of the dead container",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || names(&w).is_empty(),
     );
 }
