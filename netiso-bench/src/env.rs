@@ -499,7 +499,8 @@ impl World {
             PathKind::Netiso => {
                 let req = AddContainer {
                     name: name.clone(),
-                    cgroup: cgroup.clone(),
+                    cgroup: Some(cgroup.clone()),
+                    pid: None,
                     ips: vec![addr],
                     mode: Mode::Enforce,
                     allow_raw: false,

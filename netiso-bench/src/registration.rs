@@ -28,7 +28,8 @@ fn req(w: &World, name: String, ip: String) -> Result<AddContainer> {
     fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
     Ok(AddContainer {
         name,
-        cgroup,
+        cgroup: Some(cgroup),
+        pid: None,
         ips: vec![ip.parse()?],
         mode: Mode::Enforce,
         allow_raw: false,

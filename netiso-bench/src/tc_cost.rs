@@ -49,7 +49,8 @@ fn register(w: &World, name: &str, ips: &[String], isolated: bool) -> Result<()>
     w.api
         .add_container(&AddContainer {
             name: name.to_owned(),
-            cgroup: cg,
+            cgroup: Some(cg),
+            pid: None,
             ips,
             mode: Mode::Enforce,
             allow_raw: false,

@@ -5,7 +5,8 @@
 //! at that subtree with its own pins, state and socket. Nothing is attached at the machine's
 //! root cgroup and no traffic leaves the test's namespace. [`probe`] runs socket operations
 //! inside a namespace and cgroup, [`craft`] builds frames, [`bpf`] runs the agent's programs
-//! on them, and [`privileged_tests!`] is the `main` of every integration test file.
+//! on them, [`runtimes`] drives Podman and Docker inside a test's world, and
+//! [`privileged_tests!`] is the `main` of every integration test file.
 mod agent;
 pub mod bpf;
 mod cgroups;
@@ -15,6 +16,7 @@ mod netns;
 mod probe;
 pub mod rawhttp;
 mod runner;
+pub mod runtimes;
 mod world;
 
 use std::{

@@ -139,6 +139,11 @@ impl Background {
         }
     }
 
+    /// The probe's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits (up to 20 s) for the next step named `op` and returns it.
     #[track_caller]
     pub fn wait_for(&self, op: &str) -> Step {

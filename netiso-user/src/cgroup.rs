@@ -19,6 +19,10 @@ pub enum CgroupError {
     NotCgroup(PathBuf),
     #[error("cgroup {path} is outside the cgroup root {root}")]
     OutsideRoot { path: PathBuf, root: PathBuf },
+    #[error("no process with pid {0} (has it exited?)")]
+    NoProcess(u32),
+    #[error("process {pid} has no cgroup v2 entry (`0::` line) in /proc/{pid}/cgroup: {found:?}")]
+    NoV2Entry { pid: u32, found: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -54,6 +58,30 @@ fn parse_mountinfo(info: &str) -> Option<PathBuf> {
         let mount = pre.split_whitespace().nth(4)?;
         Some(PathBuf::from(mount.replace("\\040", " ")))
     })
+}
+
+/// The cgroup v2 directory process `pid` is in: the path of the `0::` line of
+/// /proc/PID/cgroup, below `mount`. The path is relative to the reader's cgroup namespace,
+/// so the caller must share the cgroup namespace the mount was made in (the host's).
+pub fn of_pid(mount: &Path, pid: u32) -> Result<PathBuf, CgroupError> {
+    let file = format!("/proc/{pid}/cgroup");
+    let text = match fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CgroupError::NoProcess(pid)),
+        Err(e) => return Err(io_err("reading", Path::new(&file))(e)),
+    };
+    let rel = parse_proc_cgroup(&text).ok_or_else(|| CgroupError::NoV2Entry {
+        pid,
+        found: text.trim().to_owned(),
+    })?;
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
+/// The cgroup v2 path in a /proc/PID/cgroup text (the `0::PATH` line).
+fn parse_proc_cgroup(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .filter(|p| p.starts_with('/'))
 }
 
 /// A validated cgroup v2 directory.
@@ -216,6 +244,28 @@ mod tests {
             parse_mountinfo(info),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn proc_cgroup_v2_line_in_hybrid_layout() {
+        let text = "9:name=systemd:/p/libpod-1\n1:cpu:/p/libpod-1\n0::/p/libpod-1\n";
+        assert_eq!(parse_proc_cgroup(text), Some("/p/libpod-1"));
+        assert_eq!(parse_proc_cgroup("0::/\n"), Some("/"));
+        assert_eq!(parse_proc_cgroup("1:cpu:/x\n"), None);
+    }
+
+    #[test]
+    fn of_pid_reads_proc() {
+        match of_pid(Path::new("/m"), std::process::id()) {
+            Ok(p) => assert!(p.starts_with("/m"), "{}", p.display()),
+            // A host without cgroup v2 has no `0::` line.
+            Err(CgroupError::NoV2Entry { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(matches!(
+            of_pid(Path::new("/m"), u32::MAX),
+            Err(CgroupError::NoProcess(_))
+        ));
     }
 
     #[test]

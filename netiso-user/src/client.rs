@@ -4,6 +4,7 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use http_body_util::{BodyExt, Full};
@@ -20,13 +21,19 @@ use crate::api::{
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot reach the netiso agent at {path}: {source}. Is `netiso agent` running? (set --socket or NETISO_SOCKET)")]
+    // The io error is part of the message, not a source: printed with its causes (`{:#}`),
+    // it would appear twice.
+    #[error("cannot reach the netiso agent at {path}: {error}. Is `netiso agent` running? (set --socket or NETISO_SOCKET)")]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("talking to the agent at {path}: {message}")]
     Protocol { path: PathBuf, message: String },
+    #[error(
+        "the netiso agent at {path} did not answer within {after:?}; is it stuck or overloaded?"
+    )]
+    Timeout { path: PathBuf, after: Duration },
     /// The agent refused the request; `message` is its explanation.
     #[error("{message}")]
     Api { status: StatusCode, message: String },
@@ -35,6 +42,8 @@ pub enum ClientError {
 pub struct Client {
     socket: PathBuf,
     rt: tokio::runtime::Runtime,
+    /// A deadline for each request (connect to answer); None waits as long as it takes.
+    timeout: Option<Duration>,
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -48,7 +57,15 @@ impl Client {
         Client {
             socket: socket.to_owned(),
             rt,
+            timeout: None,
         }
+    }
+
+    /// Gives every request a deadline (for callers that must not hang, like an OCI hook).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = Some(timeout);
+        self
     }
 
     pub fn status(&self) -> Result<Status> {
@@ -168,12 +185,12 @@ impl Client {
             Method::Put => hyper::Method::PUT,
             Method::Delete => hyper::Method::DELETE,
         };
-        self.rt.block_on(async {
+        let exchange = async {
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await
-                .map_err(|source| ClientError::Connect {
+                .map_err(|error| ClientError::Connect {
                     path: self.socket.clone(),
-                    source,
+                    error,
                 })?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
@@ -203,6 +220,18 @@ impl Client {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map_or_else(|_| format!("agent answered {status}"), |e| e.error);
             Err(ClientError::Api { status, message })
-        })
+        };
+        match self.timeout {
+            None => self.rt.block_on(exchange),
+            Some(after) => self
+                .rt
+                .block_on(async { tokio::time::timeout(after, exchange).await })
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Timeout {
+                        path: self.socket.clone(),
+                        after,
+                    })
+                }),
+        }
     }
 }

@@ -321,7 +321,8 @@ fn kill_9_never_lets_a_forbidden_bind_through() {
             loop {
                 let req = AddContainer {
                     name: "churn".into(),
-                    cgroup: cg.clone(),
+                    cgroup: Some(cg.clone()),
+                    pid: None,
                     ips: vec!["192.0.2.11".parse().unwrap()],
                     mode: netiso_user::api::Mode::Enforce,
                     allow_raw: false,
@@ -468,7 +469,8 @@ fn capacity_limits_are_clear_and_register_nothing() {
         .enumerate()
         .map(|(i, n)| AddContainer {
             name: (*n).into(),
-            cgroup: w.cgroups.child(n),
+            cgroup: Some(w.cgroups.child(n)),
+            pid: None,
             ips: vec![format!("198.51.100.{}", 10 + i).parse().unwrap()],
             mode: netiso_user::api::Mode::Enforce,
             allow_raw: false,
@@ -681,7 +683,8 @@ fn churn_leaks_nothing() {
             let name = format!("c{k}");
             c.add_container(&AddContainer {
                 name: name.clone(),
-                cgroup: cgs[k].clone(),
+                cgroup: Some(cgs[k].clone()),
+                pid: None,
                 ips: vec![
                     format!("198.51.100.{}", 10 + k).parse().unwrap(),
                     format!("2001:db8:2::{}", 10 + k).parse().unwrap(),
@@ -734,7 +737,8 @@ fn batch_registration_is_all_or_nothing() {
     let _a = w.container("a", &["192.0.2.10"], &[]);
     let req = |i: usize, ip: String| AddContainer {
         name: format!("b{i}"),
-        cgroup: w.cgroups.child(&format!("b{i}")),
+        cgroup: Some(w.cgroups.child(&format!("b{i}"))),
+        pid: None,
         ips: vec![ip.parse().unwrap()],
         mode: netiso_user::api::Mode::Enforce,
         allow_raw: false,

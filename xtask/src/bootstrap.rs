@@ -26,6 +26,7 @@ pub fn run() -> Result<()> {
     step("bpf-linker", bpf_linker())?;
     step("bpffs", bpffs())?;
     step("iproute2", iproute2())?;
+    step("runtimes", runtimes())?;
     Ok(())
 }
 
@@ -176,4 +177,102 @@ fn iproute2() -> Result<String> {
         Ok(v) => Ok(format!("present ({})", v.trim())),
         Err(_) => bail!("`ip` (iproute2) is missing; install it (apt-get install iproute2)"),
     }
+}
+
+/// Debian packages the container runtime tests use: Podman with runc (crun refuses hybrid
+/// cgroup layouts), conmon and the containers configuration, Docker, and busybox-static for
+/// the containers' root filesystems; the rest is what Podman expects next to it.
+const RUNTIME_PACKAGES: [&str; 11] = [
+    "podman",
+    "runc",
+    "conmon",
+    "golang-github-containers-common",
+    "fuse-overlayfs",
+    "uidmap",
+    "catatonit",
+    "busybox-static",
+    "iptables",
+    "slirp4netns",
+    "docker.io",
+];
+
+/// The packages of `wanted` dpkg does not list as installed.
+fn missing_packages(wanted: &[&'static str]) -> Result<Vec<&'static str>> {
+    // dpkg-query fails for packages it has never heard of but still lists the others.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\\n"])
+        .args(wanted)
+        .output()
+        .context("running dpkg-query (the runtime step needs a Debian-based system)")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let installed: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, status)| status.starts_with("ii"))
+        .map(|(p, _)| p)
+        .collect();
+    Ok(wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}
+
+fn apt_get(args: &[&str]) -> Result<String> {
+    output(
+        Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn runtime_versions() -> String {
+    let word = |cmd: &str, arg: &str, n: usize| {
+        output(Command::new(cmd).arg(arg))
+            .ok()
+            .and_then(|o| {
+                o.split_whitespace()
+                    .nth(n)
+                    .map(|w| w.trim_end_matches(',').to_owned())
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "podman {}, runc {}, docker {}",
+        word("podman", "--version", 2),
+        word("runc", "--version", 2),
+        word("dockerd", "--version", 2)
+    )
+}
+
+/// Podman, runc and Docker for the container runtime tests, installed with apt-get when
+/// missing. Without root (outside CI) it only warns: everything but those tests still runs.
+fn runtimes() -> Result<String> {
+    let missing = missing_packages(&RUNTIME_PACKAGES)?;
+    if missing.is_empty() {
+        return Ok(format!("present ({})", runtime_versions()));
+    }
+    let list = missing.join(" ");
+    if !nix::unistd::geteuid().is_root() {
+        let advice = format!("apt-get install -y --no-install-recommends {list}");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("missing {list}; run as root or `{advice}`");
+        }
+        return Ok(format!(
+            "MISSING {list}: the podman and docker tests will fail; as root: {advice}"
+        ));
+    }
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(&missing);
+    if apt_get(&install).is_err() {
+        // A fresh machine may have no package lists yet.
+        apt_get(&["update"]).context("apt-get update")?;
+        apt_get(&install).with_context(|| format!("installing {list}"))?;
+    }
+    let still = missing_packages(&RUNTIME_PACKAGES)?;
+    if !still.is_empty() {
+        bail!("apt-get did not install {}", still.join(" "));
+    }
+    Ok(format!("installed {list} ({})", runtime_versions()))
 }

@@ -1,6 +1,7 @@
-//! Project automation: `cargo xtask bootstrap | build | lint | test | bench | demo`.
+//! Project automation: `cargo xtask bootstrap | build | lint | test | bench | demo | dist`.
 mod bench;
 mod bootstrap;
+mod dist;
 
 use std::process::{Command, ExitCode};
 
@@ -28,6 +29,14 @@ enum Cmd {
     /// Bootstrap, build, then show netiso at work in a throwaway namespace and cgroup
     /// (runs netiso-testkit's netiso-demo).
     Demo,
+    /// Bootstrap, build the release binary and write what a package installs into
+    /// target/dist: the binary, shell completions, man pages, the systemd unit, the OCI
+    /// hooks.d file and Docker's daemon.json.
+    Dist {
+        /// Output directory (default target/dist; emptied first).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Bootstrap, build (release), then compare netiso with host networking and veth paths.
     Bench {
         /// Small and fast (under a minute), as a smoke test.
@@ -55,6 +64,7 @@ fn main() -> ExitCode {
         Cmd::Demo => bootstrap::run()
             .and_then(|()| build())
             .and_then(|()| demo()),
+        Cmd::Dist { out } => bootstrap::run().and_then(|()| dist::run(out)),
         Cmd::Bench { quick, out, extra } => {
             bootstrap::run().and_then(|()| bench::run(quick, out, &extra))
         }

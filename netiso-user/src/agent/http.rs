@@ -756,8 +756,13 @@ async fn add(State(s): State<Shared>, raw: Bytes) -> Result<Response, ApiError> 
         return Ok((StatusCode::CREATED, Json(added)).into_response());
     }
     let req: AddContainer = serde_json::from_slice(&raw).map_err(invalid)?;
-    let c = s.service().add(req)?;
-    Ok((StatusCode::CREATED, Json(c)).into_response())
+    let (c, created) = s.service().add_or_existing(req)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(c)).into_response())
 }
 
 async fn show(

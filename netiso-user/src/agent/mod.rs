@@ -4,6 +4,7 @@ mod http;
 pub mod kernel;
 mod metrics;
 pub mod service;
+mod systemd;
 mod watch;
 
 use std::{
@@ -241,6 +242,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             info!("stopping");
+            systemd::stopping();
             let _ = stop_tx.send(true);
         });
         match ring {
@@ -286,6 +288,8 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 }
             })
         });
+        // The socket is listening already; requests are answered as soon as serving starts.
+        systemd::ready(&format!("serving the API on {}", opts.socket.display()));
         let r = http::serve_unix(listener, shared, access, stop_rx).await;
         if let Some(t) = metrics_task {
             let _ = t.await;

@@ -74,12 +74,21 @@ pub fn validate_iface(name: &str) -> Result<(), String> {
     }
 }
 
-/// POST /v1/containers (one object, or an array of them: a batch, registered all or none)
+/// POST /v1/containers (one object, or an array of them: a batch, registered all or none).
+/// Exactly one of `cgroup` and `pid` names the container's cgroup. Registering the same
+/// container again (same name, cgroup, addresses and options) succeeds and returns it
+/// unchanged; anything that differs is refused.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddContainer {
     pub name: String,
-    pub cgroup: PathBuf,
+    /// The cgroup v2 directory: absolute, or relative to the cgroup2 mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// A process (in the agent's pid namespace) whose cgroup v2 directory, read from the
+    /// `0::` line of /proc/PID/cgroup, is the container's: what an OCI hook knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub ips: Vec<IpAddr>,
     #[serde(default)]
     pub mode: Mode,

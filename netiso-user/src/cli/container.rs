@@ -111,6 +111,7 @@ pub fn run(client: &Client, json: bool, cmd: &ContainerCmd) -> CmdResult {
             let req = AddContainer {
                 name: a.name.clone(),
                 cgroup: a.cgroup.clone(),
+                pid: a.pid,
                 ips: a.policy.ips.clone(),
                 mode: a.policy.mode,
                 allow_raw: a.policy.allow_raw,

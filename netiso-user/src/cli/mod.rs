@@ -1,8 +1,12 @@
 //! The `netiso` command line: one module per command.
 mod agent;
 mod container;
+mod dist;
+mod docker_runtime;
 mod events;
 mod iface;
+mod oci;
+mod oci_hook;
 mod output;
 mod policy;
 mod run;
@@ -73,6 +77,26 @@ pub enum Command {
     Iface(iface::IfaceCmd),
     /// Run a command in a new container: create a cgroup, register it, run CMD, clean up.
     Run(run::RunArgs),
+    /// The OCI hook for Podman, CRI-O and other runtimes that run hooks: registers a
+    /// container with io.netiso.* annotations at createRuntime, unregisters it at poststop.
+    /// `netiso oci-hook install` makes the runtime call it.
+    ///
+    /// Annotations: io.netiso.ips (addresses separated by spaces, required; the first of each
+    /// family is the primary), io.netiso.name (default: the container id), io.netiso.mode
+    /// (enforce|audit), io.netiso.isolated and io.netiso.allow-raw (true|false). An invalid or
+    /// unknown io.netiso.* annotation, or an agent that cannot be reached, fails the
+    /// container. Reads the OCI state on stdin.
+    OciHook(oci_hook::OciHookArgs),
+    /// An OCI runtime for Docker that wraps runc and registers containers whose environment
+    /// has NETISO_IPS: `dockerd --add-runtime netiso=/usr/local/bin/netiso-docker-runtime`
+    /// (a symlink to netiso), then `docker run --runtime netiso --network host -e
+    /// NETISO_IPS=... IMAGE`.
+    ///
+    /// Environment keys: NETISO_IPS, NETISO_NAME, NETISO_MODE, NETISO_ISOLATED,
+    /// NETISO_ALLOW_RAW, read like the io.netiso.* annotations of `netiso oci-hook`. Every
+    /// runc call passes through; `create` registers (a refusal deletes the container again),
+    /// `delete` unregisters.
+    DockerRuntime(docker_runtime::DockerRuntimeArgs),
 }
 
 /// Parses an interface name (it ends up in API paths and pin names).
@@ -164,13 +188,18 @@ pub enum IpCmd {
 }
 
 #[derive(Args)]
+#[group(id = "target", required = true, multiple = false, args = ["cgroup", "pid"])]
 pub struct ContainerAdd {
     /// Container name (letters, digits, '-', '_', '.').
     #[arg(value_parser = name_arg)]
     pub name: String,
     /// The container's cgroup v2 directory: absolute, or relative to the cgroup2 mount.
     #[arg(long)]
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
+    /// Instead of --cgroup: the cgroup v2 directory that process PID is in (the agent reads
+    /// /proc/PID/cgroup; PID as the agent's pid namespace sees it).
+    #[arg(long)]
+    pub pid: Option<u32>,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -235,9 +264,29 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub type CmdResult = Result<i32, Failure>;
 
+/// The command line, with the alias `netiso-docker-runtime ARGS` read as
+/// `netiso docker-runtime ARGS` (dockerd's `--add-runtime` takes a path, no arguments).
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let alias = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == docker_runtime::ALIAS);
+    if alias {
+        args.splice(0..1, ["netiso".into(), "docker-runtime".into()]);
+    }
+    args
+}
+
 /// Parses arguments, runs the command and returns the process exit status.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let args = args();
+    // `netiso dist-files` (for `cargo xtask dist`) is no part of the command line it
+    // documents: parsed on its own, it stays out of completions, man pages and help.
+    if args.get(1).is_some_and(|a| a == dist::COMMAND) {
+        return dist::main(&args[1..]);
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -270,6 +319,8 @@ pub fn main() -> i32 {
         Command::Events { follow } => events::run(&client(), cli.json, *follow),
         Command::Iface(i) => iface::run(&client(), cli.json, i),
         Command::Run(r) => run::run(&client(), r),
+        Command::OciHook(h) => oci_hook::run(&cli.socket, h),
+        Command::DockerRuntime(d) => docker_runtime::run(&cli.socket, d),
     };
     match result {
         Ok(code) => code,

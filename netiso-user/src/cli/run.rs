@@ -43,7 +43,8 @@ pub fn run(client: &Client, args: &RunArgs) -> CmdResult {
     cgroup::create(&cg)?;
     let req = AddContainer {
         name: args.name.clone(),
-        cgroup: cg.clone(),
+        cgroup: Some(cg.clone()),
+        pid: None,
         ips: args.policy.ips.clone(),
         mode: args.policy.mode,
         allow_raw: args.policy.allow_raw,

@@ -159,8 +159,7 @@ impl Service {
             )));
         }
         self.check_ips(&req.ips)?;
-        let cg = cgroup::resolve(&self.paths.mount, &self.paths.root, &req.cgroup)
-            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let cg = self.resolve_cgroup(&req)?;
         if cg.path == self.paths.root {
             return Err(ServiceError::Invalid(format!(
                 "{} is the cgroup root itself; register a cgroup below it",
@@ -184,9 +183,38 @@ impl Service {
         })
     }
 
+    /// The cgroup a request names, by path or by a process in it.
+    fn resolve_cgroup(&self, req: &AddContainer) -> Result<cgroup::Cgroup> {
+        let path = match (&req.cgroup, req.pid) {
+            (Some(path), None) => path.clone(),
+            (None, Some(pid)) => cgroup::of_pid(&self.paths.mount, pid)
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?,
+            _ => {
+                return Err(ServiceError::Invalid(
+                    "give exactly one of cgroup and pid".into(),
+                ))
+            }
+        };
+        cgroup::resolve(&self.paths.mount, &self.paths.root, &path)
+            .map_err(|e| ServiceError::Invalid(e.to_string()))
+    }
+
     pub fn add(&mut self, req: AddContainer) -> Result<ContainerInfo> {
+        self.add_or_existing(req).map(|(info, _)| info)
+    }
+
+    /// Registers a container and says whether it is new. Registration is idempotent: when
+    /// exactly this container (name, cgroup, addresses, options) is registered already, it is
+    /// returned unchanged (`false`); a registration that differs in anything is refused.
+    pub fn add_or_existing(&mut self, req: AddContainer) -> Result<(ContainerInfo, bool)> {
+        if let Some(existing) = self.reg.by_name(&req.name) {
+            let cg = self.resolve_cgroup(&req)?;
+            same_registration(&req, &cg, existing)?;
+            let id = existing.id;
+            return Ok((self.info(id)?, false));
+        }
         let mut added = self.add_batch(vec![req])?;
-        Ok(added.remove(0))
+        Ok((added.remove(0), true))
     }
 
     /// Registers containers, all or none: each is validated (also against the others of the
@@ -648,6 +676,68 @@ fn prefix(e: ServiceError, p: &str) -> ServiceError {
         ServiceError::Full(m) => ServiceError::Full(format!("{p}{m}")),
         other => other,
     }
+}
+
+/// Checks that a repeated registration asks for exactly what `existing` is; a conflict
+/// names what differs.
+fn same_registration(
+    req: &AddContainer,
+    cg: &cgroup::Cgroup,
+    existing: &ContainerSpec,
+) -> Result<()> {
+    let wanted_abstract = req
+        .abstract_unix
+        .as_deref()
+        .map(crate::api::abstract_names)
+        .transpose()
+        .map_err(ServiceError::Invalid)?;
+    let differs = if cg.path != existing.cgroup {
+        format!(
+            "cgroup {} (requested: {})",
+            existing.cgroup.display(),
+            cg.path.display()
+        )
+    } else if cg.id != existing.cgroup_id {
+        format!(
+            "an earlier cgroup at {} (it was removed and created again)",
+            existing.cgroup.display()
+        )
+    } else if req.ips != existing.ips {
+        let list = |ips: &[IpAddr]| {
+            ips.iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "addresses {} (requested: {})",
+            list(&existing.ips),
+            list(&req.ips)
+        )
+    } else if req.mode != existing.mode {
+        format!("mode {} (requested: {})", existing.mode, req.mode)
+    } else if req.allow_raw != existing.allow_raw {
+        format!(
+            "allow-raw {} (requested: {})",
+            existing.allow_raw, req.allow_raw
+        )
+    } else if req.isolated != existing.isolated {
+        format!(
+            "isolated {} (requested: {})",
+            existing.isolated, req.isolated
+        )
+    } else if wanted_abstract != existing.abstract_unix {
+        format!(
+            "abstract unix names {:?} (requested: {:?})",
+            existing.abstract_unix, req.abstract_unix
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ServiceError::Conflict(format!(
+        "a container named {:?} already exists with {differs}; remove it first or choose another name",
+        req.name
+    )))
 }
 
 /// Addresses a container can own: unicast, not loopback (containers get a private one), not
