@@ -16,7 +16,7 @@ use aya::{
     },
     Ebpf,
 };
-use log::{error, info};
+use log::{debug, error, info};
 
 use super::{io_err, link_err, pin_program, program_err, raw_bpf, Datapath, DatapathError};
 
@@ -78,8 +78,10 @@ pub(super) fn cgroup_programs(
         let fd = prog.fd().map_err(program_err(name))?.as_fd();
         if pin.exists() {
             adopt(name, fd, &pin)?;
+            info!("adopted the pinned link of {name}, program replaced atomically");
         } else {
             attach(name, prog, attach_type, &cgroup, &pin)?;
+            info!("attached {name}, pinned at {}", pin.display());
         }
         pin_program(ebpf, name, progs)?;
     }
@@ -109,6 +111,7 @@ pub(super) fn steering(ebpf: &mut Ebpf, links: &Path, progs: &Path) -> Result<()
     let pin = links.join(name);
     if pin.exists() {
         adopt(name, fd, &pin)?;
+        info!("adopted the pinned link of {name}, program replaced atomically");
     } else {
         let netns_path = Path::new("/proc/self/ns/net");
         let netns = fs::File::open(netns_path).map_err(io_err("opening", netns_path))?;
@@ -139,11 +142,12 @@ fn load(prog: &mut Program) -> Result<(), ProgramError> {
 pub(super) fn adopt(name: &str, prog: BorrowedFd<'_>, pin: &Path) -> Result<(), DatapathError> {
     let link = raw_bpf::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
     raw_bpf::link_update(link.as_fd(), prog).map_err(io_err("updating pinned link", pin))?;
-    info!("adopted pinned link for {name}, program replaced atomically");
+    debug!("adopted {} for {name}", pin.display());
     Ok(())
 }
 
-/// A new bpf link at the cgroup root, pinned so it outlives the agent. Links compose with
+/// A new bpf link of `prog` at `cgroup` (the root, or a container's), pinned so it outlives
+/// the agent. Links compose with
 /// other programs at the same cgroup whatever the mode, which only applies to old-style
 /// attachments.
 pub(super) fn attach(
@@ -183,7 +187,7 @@ pub(super) fn attach(
             let link = raw_bpf::link_create(fd, cgroup.as_fd(), attach_type)
                 .map_err(io_err("attaching program to cgroup", pin))?;
             raw_bpf::obj_pin(link.as_fd(), pin).map_err(io_err("pinning link", pin))?;
-            info!("attached {name}, pinned at {}", pin.display());
+            debug!("attached {name}, pinned at {}", pin.display());
             return Ok(());
         }
         _ => return Err(perr(ProgramError::UnexpectedProgramType)),
@@ -194,7 +198,7 @@ pub(super) fn attach(
         path: pin.to_owned(),
         source: std::io::Error::other(e),
     })?;
-    info!("attached {name}, pinned at {}", pin.display());
+    debug!("attached {name}, pinned at {}", pin.display());
     Ok(())
 }
 

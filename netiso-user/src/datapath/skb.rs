@@ -17,15 +17,14 @@ use std::{
 
 use aya::{
     maps::{CgroupStorage, CgroupStorageKey, MapData, PerCpuCgroupStorage},
-    programs::{
-        links::CgroupAttachMode, links::FdLink, CgroupSkbAttachType, Program, ProgramError,
-    },
+    programs::ProgramError,
 };
 use log::debug;
 use netiso_common::{maps, Container, PacketCounters};
 
 use super::{
-    attach::PER_CONTAINER, io_err, link_err, program_err, raw_bpf, Datapath, DatapathError, Entry,
+    attach::{self, PER_CONTAINER},
+    io_err, program_err, Datapath, DatapathError, Entry,
 };
 
 /// Pins of per-container links start with this; the rest is `<direction>@<cgroup id>`.
@@ -60,6 +59,7 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches one of the per-container programs to `cgroup`, or adopts its pinned link.
     fn link_packet_program(
         &mut self,
         name: &'static str,
@@ -73,38 +73,10 @@ impl Datapath {
             .program_mut(name)
             .ok_or(perr(ProgramError::UnexpectedProgramType))?;
         if pin.exists() {
-            let link = raw_bpf::obj_get(pin).map_err(io_err("opening pinned link", pin))?;
-            let fd = prog.fd().map_err(&perr)?.as_fd();
-            raw_bpf::link_update(link.as_fd(), fd).map_err(io_err("updating pinned link", pin))?;
-            debug!("adopted {}", pin.display());
-            return Ok(());
+            return attach::adopt(name, prog.fd().map_err(&perr)?.as_fd(), pin);
         }
         let dir = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
-        let mode = CgroupAttachMode::Single;
-        let link: FdLink = match prog {
-            Program::CgroupSkb(p) => {
-                let direction = if attach_type == 0 {
-                    CgroupSkbAttachType::Ingress
-                } else {
-                    CgroupSkbAttachType::Egress
-                };
-                let id = p.attach(&dir, direction, mode).map_err(&perr)?;
-                p.take_link(id).map_err(&perr)?.try_into()
-            }
-            Program::SockOps(p) => {
-                let id = p.attach(&dir, mode).map_err(&perr)?;
-                p.take_link(id).map_err(&perr)?.try_into()
-            }
-            _ => return Err(perr(ProgramError::UnexpectedProgramType)),
-        }
-        .map_err(link_err(name))?;
-        link.pin(pin).map_err(|e| DatapathError::Io {
-            what: "pinning link at",
-            path: pin.to_owned(),
-            source: std::io::Error::other(e),
-        })?;
-        debug!("attached {name} to {}", cgroup.display());
-        Ok(())
+        attach::attach(name, prog, attach_type, &dir, pin)
     }
 
     /// Writes the container into the storage of both its packet programs.
