@@ -173,7 +173,7 @@ fn restart_after_sigkill_adopts_pins_and_accepts_changes() {
     w.agent.start(); // must cope with the stale socket
     let new_log = w.agent.log_text()[log_before..].to_owned();
     assert!(
-        new_log.contains("adopted pinned link"),
+        new_log.contains("adopted the pinned link"),
         "restart did not adopt the pins:\n{new_log}"
     );
     assert!(

@@ -785,7 +785,7 @@ fn tc_programs_outlive_the_agent_until_cleanup() {
     lan.w.agent.start();
     lan.assert_veth("attached");
     assert!(
-        lan.w.agent.log_text().contains("adopted pinned link"),
+        lan.w.agent.log_text().contains("adopted the pinned link"),
         "{}",
         lan.w.agent.log_text()
     );
