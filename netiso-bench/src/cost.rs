@@ -481,6 +481,8 @@ pub struct Plan {
     pub cell_ms: u64,
     /// Client and server on one CPU per round (see `measure`).
     pub pin: bool,
+    /// Containers registered (and idle) besides the section's own.
+    pub idle_containers: usize,
 }
 
 impl Plan {
@@ -493,6 +495,7 @@ impl Plan {
             rounds: o.cost_rounds.unwrap_or(if o.quick { 5 } else { 40 }),
             cell_ms: o.cost_ms.unwrap_or(if o.quick { 200 } else { 500 }),
             pin: !o.cost_unpinned,
+            idle_containers: o.cost_containers,
         }
     }
 }
@@ -514,12 +517,35 @@ pub fn measure(w: &World, plan: &Plan) -> Result<CostReport> {
     let mut ctrs = Vec::new();
     let r = (|| {
         let rigs = build(w, &mut ctrs)?;
-        run_rounds(w, plan, &rigs)
+        register_idle(w, plan.idle_containers, &mut ctrs)?;
+        let status = w.api.status().context("asking the agent for its status")?;
+        ensure!(status.enabled, "netiso is disabled in the bench's agent");
+        let (cells, programs) = run_rounds(w, plan, &rigs)?;
+        Ok((cells, programs, status))
     })();
     w.destroy(ctrs);
-    let (cells, programs) = r?;
+    let (cells, programs, status) = r?;
     let after = sysctl_stats();
-    Ok(summarize(plan, cells, programs, before, after))
+    let mut report = summarize(plan, cells, programs, before, after);
+    report.registered_containers = status.containers;
+    report.attached = status.programs;
+    Ok(report)
+}
+
+/// Registers `n` enforcing containers nobody runs in, so the rounds measure netiso with a
+/// registry of that size (IPv6 addresses, group 99 of `addr_for`).
+fn register_idle(w: &World, n: usize, ctrs: &mut Vec<Ctr>) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let pb = crate::bench::progress(n as u64);
+    pb.set_message(format!("cost: registering {n} idle containers"));
+    for i in 0..n {
+        ctrs.push(w.create(PathKind::Netiso, 99, i)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(())
 }
 
 fn run_rounds(
@@ -1027,6 +1053,12 @@ pub struct CostReport {
     pub method: BTreeMap<String, String>,
     pub rounds: usize,
     pub cell_ms: u64,
+    /// Idle containers registered besides the section's own two.
+    pub idle_containers: usize,
+    /// Containers the agent had registered during the rounds (`GET /v1/status`).
+    pub registered_containers: usize,
+    /// The programs the agent reported attached (`GET /v1/status`).
+    pub attached: Vec<String>,
     pub stats: StatsInfo,
     pub programs: Vec<ProgMeta>,
     pub workloads: Vec<WorkloadCost>,
@@ -1190,6 +1222,9 @@ pub fn summarize(
         method,
         rounds: plan.rounds,
         cell_ms: plan.cell_ms,
+        idle_containers: plan.idle_containers,
+        registered_containers: 0,
+        attached: Vec::new(),
         stats: StatsInfo {
             mechanism: "BPF_ENABLE_STATS".into(),
             sysctl_before,
@@ -1425,6 +1460,7 @@ pub(crate) mod tests {
             rounds: 6,
             cell_ms: 100,
             pin: true,
+            idle_containers: 0,
         };
         let r = summarize(&plan, cells(6), Vec::new(), Some(0), Some(0));
         assert_eq!(r.route_failures, 0);
@@ -1529,6 +1565,7 @@ pub(crate) mod tests {
                 rounds: 2,
                 cell_ms: 1,
                 pin: true,
+                idle_containers: 0,
             },
             v,
             Vec::new(),

@@ -56,6 +56,11 @@ pub fn table(c: &CostReport) -> String {
         "  {}",
         c.method.get("placement").map_or("", String::as_str)
     );
+    let _ = writeln!(
+        t,
+        "  the agent had {} containers registered ({} idle besides the section's own)",
+        c.registered_containers, c.idle_containers
+    );
     let fmt_sysctl = |v: Option<u32>| v.map_or_else(|| "?".into(), |v| v.to_string());
     let _ = writeln!(
         t,
@@ -212,6 +217,23 @@ fn chart_label(p: CostPath) -> &'static str {
     }
 }
 
+/// How a chart shows a series: legend label and colour.
+type Style = fn(CostPath) -> (&'static str, RGBColor);
+
+fn path_style(p: CostPath) -> (&'static str, RGBColor) {
+    (chart_label(p), color(p))
+}
+
+/// The breakdown rows: "netiso" in netiso's colour.
+fn row_style(p: CostPath) -> (&'static str, RGBColor) {
+    let c = if p == CostPath::NetisoStats {
+        color(CostPath::Netiso)
+    } else {
+        color(p)
+    };
+    (p.breakdown_label(), c)
+}
+
 /// Grouped marks with 95% interval whiskers: one group per workload, one mark per series.
 /// `bars` draws bars from 0, otherwise points; `refs` are (group index, y) short reference
 /// lines (targets), `baseline` a line across the chart.
@@ -219,6 +241,7 @@ fn whiskers(
     title: &str,
     ylabel: &str,
     groups: &[(String, Vec<(CostPath, Est)>)],
+    style: Style,
     bars: bool,
     refs: &[(usize, f64)],
     baseline: Option<f64>,
@@ -231,10 +254,7 @@ fn whiskers(
             }
         }
     }
-    let mut legend: Vec<(&str, RGBColor)> = series
-        .iter()
-        .map(|p| (chart_label(*p), color(*p)))
-        .collect();
+    let mut legend: Vec<(&str, RGBColor)> = series.iter().map(|p| style(*p)).collect();
     if !refs.is_empty() {
         legend.push(("target", BLACK));
     }
@@ -292,7 +312,7 @@ fn whiskers(
             let w = 0.8 / v.len().max(1) as f64;
             for (i, (p, e)) in v.iter().enumerate() {
                 let at = |x: f64| NestedValue::Value(name, 0.1 + (i as f64 + x) * w);
-                let c = color(*p);
+                let c = style(*p).1;
                 if bars {
                     area.draw(&Rectangle::new(
                         [(at(0.1), 0.0), (at(0.8), e.mean)],
@@ -377,6 +397,7 @@ pub fn charts(c: &CostReport, dir: &Path) -> Result<Vec<PathBuf>> {
                 "netiso's programs: share of the workload's CPU",
                 "% of client + server CPU (mean, 95% CI)",
                 &share,
+                row_style,
                 true,
                 &refs,
                 None,
@@ -388,6 +409,7 @@ pub fn charts(c: &CostReport, dir: &Path) -> Result<Vec<PathBuf>> {
                 "CPU per transaction relative to host",
                 "paired ratio to host (mean, 95% CI)",
                 &cpu,
+                path_style,
                 false,
                 &[],
                 Some(1.0),
@@ -454,6 +476,7 @@ mod tests {
             rounds: 4,
             cell_ms: 100,
             pin: true,
+            idle_containers: 0,
         };
         cost::summarize(&plan, cost::tests::cells(4), Vec::new(), Some(0), Some(0))
     }
@@ -493,12 +516,19 @@ mod tests {
             (
                 "cost_share.svg",
                 "netiso's programs: share of the workload's CPU",
-                &["netiso + stats", "no container", "target", "TCP CRR"][..],
+                &["netiso", "no container", "target", "TCP CRR"][..],
             ),
             (
                 "cost_cpu.svg",
                 "CPU per transaction relative to host",
-                &["netiso", "veth+bridge", "veth routed", "host = 1", "UDP RR"][..],
+                &[
+                    "netiso",
+                    "veth+bridge",
+                    "veth routed",
+                    "netiso + stats",
+                    "host = 1",
+                    "UDP RR",
+                ][..],
             ),
         ] {
             let svg = fs::read_to_string(dir.join(name)).unwrap();

@@ -244,11 +244,22 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
 fn cost_only_run_writes_the_cost_section() {
     let run = run_bench(
         "cost",
-        &["--cost-only", "--cost-rounds", "2", "--cost-ms", "100"],
+        &[
+            "--cost-only",
+            "--cost-rounds",
+            "2",
+            "--cost-ms",
+            "100",
+            "--cost-containers",
+            "20",
+        ],
     );
     let cost: Value =
         serde_json::from_str(&fs::read_to_string(run.out.0.join("cost.json")).unwrap()).unwrap();
     assert_eq!(cost["cell_ms"], 100);
+    // The agent had the 20 idle containers and the section's own two.
+    assert_eq!(cost["idle_containers"], 20);
+    assert_eq!(cost["registered_containers"], 22);
     check_cost(&run.out.0, &cost, &run.sysctl_seen, 2);
     // Only the cost section ran.
     assert!(!run.out.0.join("results.json").exists());
@@ -297,6 +308,10 @@ fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: 
         );
     }
     assert_eq!(c["rounds"], rounds);
+    assert!(
+        !c["attached"].as_array().unwrap().is_empty(),
+        "no attached programs reported"
+    );
     assert_eq!(c["route_failures"], 0);
 
     // bpf_stats: switched on by a descriptor, never through the sysctl. When nothing else
