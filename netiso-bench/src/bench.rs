@@ -23,7 +23,8 @@ use crate::{
 #[derive(Args, Debug, Clone, Serialize)]
 #[expect(clippy::struct_excessive_bools, reason = "command-line flags")]
 pub struct Opts {
-    /// Small and fast (well under a minute): one repetition, short cells, scales 1 and 20.
+    /// Small and fast (about a minute): one repetition, short cells, scales 1 and 20, a short
+    /// cost section.
     #[arg(long)]
     pub quick: bool,
     /// Repetitions of each cell (default 5, quick 1).
@@ -60,7 +61,8 @@ pub struct Opts {
     /// Cost section: length of one cell in ms (default 500, quick 200).
     #[arg(long)]
     pub cost_ms: Option<u64>,
-    /// Run only the cost section (cost.json, table.txt, cost_*.svg).
+    /// Run only the cost section: writes cost.json, cost_table.txt and cost_*.svg (a full
+    /// run's results.json and table.txt in --out are left as they are).
     #[arg(long)]
     pub cost_only: bool,
     /// Cost section: let the scheduler place client and server instead of pinning both to
@@ -238,7 +240,9 @@ pub fn run(o: Opts) -> Result<()> {
     let mut results = serde_json::to_value(&out)?;
     results["cost"] = cost_json;
     fs::write(&json, serde_json::to_string_pretty(&results)?)?;
-    let table = report::table(&out) + &cost_report::table(&cost);
+    let cost_table = cost_report::table(&cost);
+    fs::write(o.out.join("cost_table.txt"), &cost_table)?;
+    let table = report::table(&out) + &cost_table;
     fs::write(o.out.join("table.txt"), &table)?;
     let mut charts = report::charts(&out, &o.out)?;
     charts.extend(cost_report::charts(&cost, &o.out)?);

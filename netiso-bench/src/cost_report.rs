@@ -423,12 +423,13 @@ pub fn charts(c: &CostReport, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// `--cost-only`: writes cost.json, table.txt and the charts, prints the table.
+/// `--cost-only`: writes cost.json, cost_table.txt and the charts, prints the table. A full
+/// run's results.json and table.txt in the same directory are left as they are.
 pub fn write_only(c: &CostReport, out: &Path, started: std::time::Instant) -> Result<()> {
     let json = out.join("cost.json");
     fs::write(&json, serde_json::to_string_pretty(c)?)?;
     let t = table(c);
-    fs::write(out.join("table.txt"), &t)?;
+    fs::write(out.join("cost_table.txt"), &t)?;
     let charts = charts(c, out)?;
     println!("{t}");
     println!(

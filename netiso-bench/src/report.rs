@@ -71,7 +71,7 @@ fn wl_label(wl: Workload, flows: usize) -> String {
     }
 }
 
-pub(crate) fn num(x: f64) -> String {
+fn num(x: f64) -> String {
     if x >= 1e5 {
         format!("{x:.0}")
     } else if x >= 100.0 {

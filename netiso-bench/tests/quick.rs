@@ -237,6 +237,12 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
         v["cost"], cost,
         "results.json's cost differs from cost.json"
     );
+    let table = fs::read_to_string(out.0.join("table.txt")).unwrap();
+    let cost_table = fs::read_to_string(out.0.join("cost_table.txt")).unwrap();
+    assert!(
+        table.ends_with(&cost_table),
+        "table.txt does not end with the cost section"
+    );
     check_cost(&out.0, &cost, &run.sysctl_seen, 5);
 }
 
@@ -263,6 +269,7 @@ fn cost_only_run_writes_the_cost_section() {
     check_cost(&run.out.0, &cost, &run.sysctl_seen, 2);
     // Only the cost section ran.
     assert!(!run.out.0.join("results.json").exists());
+    assert!(!run.out.0.join("table.txt").exists());
     assert!(!run.out.0.join("throughput.svg").exists());
 }
 
@@ -292,7 +299,7 @@ const COST_WORKLOADS: [&str; 4] = ["stream", "rr", "crr", "udp_rr"];
 
 /// The cost section is present and sane.
 fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: usize) {
-    let table = fs::read_to_string(dir.join("table.txt")).unwrap();
+    let table = fs::read_to_string(dir.join("cost_table.txt")).unwrap();
     for want in [
         "Cost: netiso's CPU",
         "Targets of issue 11",
