@@ -14,14 +14,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::{
+    cost, cost_report,
     env::{self, Ctr, PathKind, World},
     load::{ClientResult, Workload},
     registration, report, sys, tc_cost,
 };
 
 #[derive(Args, Debug, Clone, Serialize)]
+#[expect(clippy::struct_excessive_bools, reason = "command-line flags")]
 pub struct Opts {
-    /// Small and fast (well under a minute): one repetition, short cells, scales 1 and 20.
+    /// Small and fast (about a minute): one repetition, short cells, scales 1 and 20, a short
+    /// cost section.
     #[arg(long)]
     pub quick: bool,
     /// Repetitions of each cell (default 5, quick 1).
@@ -55,6 +58,25 @@ pub struct Opts {
     /// 2000). 0 disables.
     #[arg(long)]
     pub registrations: Option<usize>,
+    /// Cost section: interleaved rounds, each running every path once per workload
+    /// (default 40, quick 5; at least 2).
+    #[arg(long)]
+    pub cost_rounds: Option<usize>,
+    /// Cost section: length of one cell in ms (default 500, quick 200).
+    #[arg(long)]
+    pub cost_ms: Option<u64>,
+    /// Run only the cost section: writes cost.json, cost_table.txt and cost_*.svg (a full
+    /// run's results.json and table.txt in --out are left as they are).
+    #[arg(long)]
+    pub cost_only: bool,
+    /// Cost section: let the scheduler place client and server instead of pinning both to
+    /// one CPU per round (on a VM, cross-vCPU wake-ups then dominate and vary; see README).
+    #[arg(long)]
+    pub cost_unpinned: bool,
+    /// Cost section: register this many idle enforcing containers first (the issue's "at
+    /// 10 000 containers"; registration takes about 15 ms each).
+    #[arg(long, default_value_t = 0)]
+    pub cost_containers: usize,
 }
 
 struct Plan {
@@ -181,17 +203,22 @@ pub fn run(o: Opts) -> Result<()> {
             netiso_bin.display()
         );
     }
-    ctrlc::set_handler(|| {
-        eprintln!("\nnetiso-bench: interrupted, cleaning up");
-        env::teardown();
-        std::process::exit(130);
-    })?;
+    ctrlc::set_handler(env::interrupted)?;
     let plan = o.plan();
     fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let started = Instant::now();
     let world = World::new(netiso_bin)?;
+    if o.cost_only {
+        let cost = cost::measure(&world, &cost::Plan::new(&o));
+        drop(world);
+        return cost_report::write_only(&cost?, &o.out, started);
+    }
     let r = measure(&o, &plan, &world);
-    let tc = r.as_ref().ok().map(|_| {
+    let cost = r
+        .as_ref()
+        .ok()
+        .map(|_| cost::measure(&world, &cost::Plan::new(&o)));
+    let tc = cost.as_ref().and_then(|c| c.as_ref().ok()).map(|_| {
         let (extra, repeat, samples) = if plan.quick {
             (10, 20_000, 3)
         } else {
@@ -211,7 +238,8 @@ pub fn run(o: Opts) -> Result<()> {
     };
     drop(world);
     let out = r?;
-    let tc = tc.expect("measured after the matrix")?;
+    let cost = cost.expect("measured after the matrix")?;
+    let tc = tc.expect("measured after the cost section")?;
     let tc_table = tc_cost::table(&tc);
     fs::write(o.out.join("tc_cost.txt"), &tc_table)?;
     fs::write(
@@ -227,11 +255,22 @@ pub fn run(o: Opts) -> Result<()> {
             serde_json::to_string_pretty(r)?,
         )?;
     }
+    // The cost section goes to cost.json and, the same value, under "cost" in results.json.
+    let cost_json = serde_json::to_value(&cost)?;
+    fs::write(
+        o.out.join("cost.json"),
+        serde_json::to_string_pretty(&cost_json)?,
+    )?;
     let json = o.out.join("results.json");
-    fs::write(&json, serde_json::to_string_pretty(&out)?)?;
-    let table = report::table(&out);
+    let mut results = serde_json::to_value(&out)?;
+    results["cost"] = cost_json;
+    fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    let cost_table = cost_report::table(&cost);
+    fs::write(o.out.join("cost_table.txt"), &cost_table)?;
+    let table = report::table(&out) + &cost_table;
     fs::write(o.out.join("table.txt"), &table)?;
-    let charts = report::charts(&out, &o.out)?;
+    let mut charts = report::charts(&out, &o.out)?;
+    charts.extend(cost_report::charts(&cost, &o.out)?);
     println!("{table}");
     println!("{tc_table}");
     if let Some(t) = &reg_table {
@@ -250,6 +289,13 @@ pub fn run(o: Opts) -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n  ")
     );
+    if cost.route_failures > 0 {
+        bail!(
+            "{} cost-section cells did not take their expected route (see route_why in {})",
+            cost.route_failures,
+            o.out.join("cost.json").display()
+        );
+    }
     if out.route_failures > 0 {
         bail!(
             "{} cells did not take their expected route (see route.why in {})",
@@ -260,7 +306,7 @@ pub fn run(o: Opts) -> Result<()> {
     Ok(())
 }
 
-fn progress(total: u64) -> ProgressBar {
+pub(crate) fn progress(total: u64) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template(

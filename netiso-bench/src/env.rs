@@ -87,6 +87,27 @@ fn with_cleanup(f: impl FnOnce(&mut Cleanup)) {
     f(g.get_or_insert_with(Cleanup::default));
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The Ctrl-C / SIGTERM handler: tears down and exits with 130.
+pub fn interrupted() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    eprintln!("\nnetiso-bench: interrupted, cleaning up");
+    teardown();
+    std::process::exit(130);
+}
+
+/// Called before the main thread ends on an error: when the error is the interruption's
+/// doing (the teardown kills the running client), let the handler finish its teardown and
+/// exit instead of ending the process under it.
+pub fn wait_if_interrupted() {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            thread::park();
+        }
+    }
+}
+
 /// Tears everything down; idempotent. Called on drop of [`World`] and from the Ctrl-C handler.
 pub fn teardown() {
     let c = {
@@ -123,6 +144,12 @@ pub fn teardown() {
     if let Some(t) = &c.tmp {
         let _ = fs::remove_dir_all(t);
     }
+}
+
+/// Makes the teardown (also on Ctrl-C) delete a namespace the caller is about to create;
+/// `World::destroy` of a container living in it forgets it again.
+pub fn track_netns(name: &str) {
+    with_cleanup(|c| c.netns.push(name.to_owned()));
 }
 
 /// Deletes namespaces in one `ip -batch` (one process for many).

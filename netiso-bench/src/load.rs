@@ -172,6 +172,9 @@ pub struct ClientArgs {
     pub flows: usize,
     #[arg(long, default_value_t = 1000)]
     pub duration_ms: u64,
+    /// What to read at the edges of the measured window (the cost section).
+    #[command(flatten)]
+    pub probe: crate::cost::ProbeArgs,
 }
 
 /// One client run, printed as a JSON line.
@@ -185,6 +188,9 @@ pub struct ClientResult {
     pub p99_us: Option<f64>,
     /// UDP requests that got no answer within the timeout.
     pub lost: u64,
+    /// CPU, packets and program statistics over the measured window (with `--cpu-cgroups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::cost::Window>,
 }
 
 /// Log-linear latency histogram in nanoseconds (about 1.5 % resolution).
@@ -246,6 +252,8 @@ struct Part {
     hist: Hist,
     lost: u64,
     end: Instant,
+    /// The flow's long-lived sockets, closed only after the measured window.
+    sockets: (Vec<TcpStream>, Vec<UdpSocket>),
 }
 
 pub fn client(a: ClientArgs) -> Result<()> {
@@ -282,11 +290,15 @@ fn run_client(a: &ClientArgs) -> Result<ClientResult> {
         let barrier = barrier.clone();
         handles.push(thread::spawn(move || flow(w, targets, dur, barrier)));
     }
+    // Two phases: every flow has set up, then the probe reads (outside the window), then go.
+    barrier.wait();
+    let probe = crate::cost::Probe::start(&a.probe)?;
     barrier.wait();
     let start = Instant::now();
     let mut hist = Hist::new();
     let (mut ops, mut bytes, mut lost) = (0, 0, 0);
     let mut end = start;
+    let mut sockets = Vec::new();
     for h in handles {
         let p = h
             .join()
@@ -296,7 +308,10 @@ fn run_client(a: &ClientArgs) -> Result<ClientResult> {
         lost += p.lost;
         hist.merge(&p.hist);
         end = end.max(p.end);
+        sockets.push(p.sockets);
     }
+    let window = probe.map(|p| p.finish(ops, bytes)).transpose()?;
+    drop(sockets);
     let secs = end.duration_since(start).as_secs_f64();
     if secs <= 0.0 {
         bail!("no time measured");
@@ -313,6 +328,7 @@ fn run_client(a: &ClientArgs) -> Result<ClientResult> {
         p50_us: lat.then(|| hist.quantile_us(0.5)).flatten(),
         p99_us: lat.then(|| hist.quantile_us(0.99)).flatten(),
         lost,
+        window,
     })
 }
 
@@ -359,7 +375,8 @@ fn flow(
         }
         Ok((tcp, udp))
     })();
-    barrier.wait();
+    barrier.wait(); // set up
+    barrier.wait(); // go
     let (mut tcp, udp) = setup?;
     let start = Instant::now();
     let deadline = start + dur;
@@ -432,6 +449,7 @@ fn flow(
         hist,
         lost,
         end: Instant::now(),
+        sockets: (tcp, udp),
     })
 }
 

@@ -3,6 +3,8 @@
 //! One binary, three roles: `run` orchestrates the whole benchmark; `server` and `client` are the
 //! load generator, started by `run` inside the namespaces and cgroups it creates.
 mod bench;
+mod cost;
+mod cost_report;
 mod env;
 mod load;
 mod registration;
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            env::wait_if_interrupted();
             eprintln!("netiso-bench: error: {e:#}");
             ExitCode::FAILURE
         }

@@ -244,7 +244,12 @@ pub fn table(o: &Output) -> String {
     t
 }
 
-fn color(p: PathKind) -> RGBColor {
+/// Legend entries for paths.
+fn legend(paths: &[PathKind]) -> Vec<(&'static str, RGBColor)> {
+    paths.iter().map(|p| (p.label(), color(*p))).collect()
+}
+
+pub(crate) fn color(p: PathKind) -> RGBColor {
     match p {
         PathKind::Host => RGBColor(0x55, 0x55, 0x55),
         PathKind::Netiso => RGBColor(0x1f, 0x77, 0xb4),
@@ -260,13 +265,13 @@ const SIZE: (u32, u32) = (720, 420);
 /// Right margin, holding the legend.
 const LEGEND_W: u32 = 150;
 /// Text sizes as plotters takes them: the SVG gets `size / 1.24` px (12 px labels, 15 px title).
-const TEXT: (&str, f64) = ("sans-serif", 12.0 * 1.24);
+pub(crate) const TEXT: (&str, f64) = ("sans-serif", 12.0 * 1.24);
 const TITLE: (&str, f64) = ("sans-serif", 15.0 * 1.24);
 
-/// An SVG image: `title`, the chart that `draw` builds, and a legend of `paths` on the right.
-fn svg(
+/// An SVG image: `title`, the chart that `draw` builds, and a legend on the right.
+pub(crate) fn svg(
     title: &str,
-    paths: &[PathKind],
+    legend: &[(&str, RGBColor)],
     draw: impl FnOnce(&mut ChartBuilder<'_, '_, SVGBackend<'_>>) -> Result<()>,
 ) -> Result<String> {
     let mut s = String::new();
@@ -274,14 +279,11 @@ fn svg(
         let root = SVGBackend::with_string(&mut s, SIZE).into_drawing_area();
         root.fill(&WHITE)?;
         let (plot, side) = root.split_horizontally(SIZE.0 - LEGEND_W);
-        for (i, p) in paths.iter().enumerate() {
+        for (i, (label, c)) in legend.iter().enumerate() {
             let y = 50 + 20 * i as i32;
-            side.draw(&Rectangle::new(
-                [(5, y - 6), (17, y + 6)],
-                color(*p).filled(),
-            ))?;
+            side.draw(&Rectangle::new([(5, y - 6), (17, y + 6)], c.filled()))?;
             let style = TextStyle::from(TEXT.into_font()).pos(Pos::new(HPos::Left, VPos::Center));
-            side.draw(&Text::new(p.label(), (23, y), style))?;
+            side.draw(&Text::new(*label, (23, y), style))?;
         }
         draw(
             ChartBuilder::on(&plot)
@@ -314,7 +316,7 @@ fn bars(title: &str, ylabel: &str, groups: &[(String, Vec<(PathKind, Mmm)>)]) ->
         .into_iter()
         .filter(|p| groups.iter().any(|g| g.1.iter().any(|v| v.0 == *p)))
         .collect();
-    svg(title, &paths, |b| {
+    svg(title, &legend(&paths), |b| {
         // One x category per group, each spanning 0..1 for its bars.
         let mut chart = b.build_cartesian_2d(groups.nested_coord(|_| 0.0..1.0), y_range(top))?;
         chart
@@ -361,7 +363,7 @@ fn lines(
         .take_while(|d| *d <= xmax * 1.01)
         .collect();
     let paths: Vec<PathKind> = series.keys().copied().collect();
-    svg(title, &paths, |b| {
+    svg(title, &legend(&paths), |b| {
         let mut chart = b.build_cartesian_2d(
             (1.0..xmax).log_scale().with_key_points(decades),
             y_range(top),
@@ -548,6 +550,7 @@ mod tests {
                 p50_us: (wl != Workload::Stream).then_some(20.0 + v),
                 p99_us: (wl != Workload::Stream).then_some(80.0 + v),
                 lost: 0,
+                window: None,
             },
             route: Route {
                 lo_packets: 0,

@@ -49,11 +49,31 @@ fn cgroup2_mount() -> PathBuf {
     netiso_testkit::cgroup2_mount().expect("cgroup v2 mount")
 }
 
-fn quick_bench_is_sane_and_takes_the_right_routes() {
+/// `kernel.bpf_stats_enabled` now.
+fn bpf_stats_sysctl() -> String {
+    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// A finished bench run.
+struct Run {
+    out: TmpDir,
+    /// Every value of `kernel.bpf_stats_enabled` seen before, during (every 50 ms) and after
+    /// the run.
+    sysctl_seen: Vec<String>,
+}
+
+/// Runs `netiso-bench run <args> --out DIR` to its end and checks it succeeded.
+fn run_bench(name: &str, args: &[&str]) -> Run {
     let out =
-        TmpDir(std::env::temp_dir().join(format!("netiso-bench-quick-{}", std::process::id())));
+        TmpDir(std::env::temp_dir().join(format!("netiso-bench-{name}-{}", std::process::id())));
+    let mut sysctl_seen = vec![bpf_stats_sysctl()];
     let child = Command::new(env!("CARGO_BIN_EXE_netiso-bench"))
-        .args(["run", "--quick", "--no-crosscheck", "--out"])
+        .arg("run")
+        .args(args)
+        .arg("--out")
         .arg(&out.0)
         .arg("--netiso-bin")
         .arg(netiso_testkit::netiso_bin())
@@ -78,24 +98,32 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
         let _ = se.read_to_string(&mut s);
         s
     });
-    // Generous for a loaded 2-core machine and a debug build; a normal run takes ~20 s.
-    let deadline = Instant::now() + Duration::from_mins(4);
+    // Generous for a loaded 2-core machine and a debug build; a normal run takes ~50 s.
+    let deadline = Instant::now() + Duration::from_mins(5);
     let status = loop {
         if let Some(st) = bench.0.as_mut().unwrap().try_wait().unwrap() {
             break st;
         }
         assert!(
             Instant::now() < deadline,
-            "netiso-bench --quick did not finish within 240 s"
+            "netiso-bench {args:?} did not finish within 300 s"
         );
+        let v = bpf_stats_sysctl();
+        if sysctl_seen.last() != Some(&v) {
+            sysctl_seen.push(v);
+        }
         thread::sleep(Duration::from_millis(50));
     };
     drop(bench);
+    let v = bpf_stats_sysctl();
+    if sysctl_seen.last() != Some(&v) {
+        sysctl_seen.push(v);
+    }
     let stdout = t_out.join().unwrap();
     let stderr = t_err.join().unwrap();
     assert!(
         status.success(),
-        "netiso-bench failed ({status}):\n{stdout}\n{stderr}"
+        "netiso-bench {args:?} failed ({status}):\n{stdout}\n{stderr}"
     );
     eprintln!("{stdout}");
 
@@ -111,6 +139,12 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
         .filter(|p| p.contains(&tag))
         .collect();
     assert!(left.is_empty(), "the bench left {left:?} behind");
+    Run { out, sysctl_seen }
+}
+
+fn quick_bench_is_sane_and_takes_the_right_routes() {
+    let run = run_bench("quick", &["--quick", "--no-crosscheck"]);
+    let out = &run.out;
 
     let v: Value =
         serde_json::from_str(&fs::read_to_string(out.0.join("results.json")).unwrap()).unwrap();
@@ -210,6 +244,232 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
         text.contains("ratio") && text.contains("one batch of 2000"),
         "{text}"
     );
+
+    // The cost section: in results.json and, the same, in cost.json.
+    let cost: Value =
+        serde_json::from_str(&fs::read_to_string(out.0.join("cost.json")).unwrap()).unwrap();
+    assert_eq!(
+        v["cost"], cost,
+        "results.json's cost differs from cost.json"
+    );
+    let table = fs::read_to_string(out.0.join("table.txt")).unwrap();
+    let cost_table = fs::read_to_string(out.0.join("cost_table.txt")).unwrap();
+    assert!(
+        table.ends_with(&cost_table),
+        "table.txt does not end with the cost section"
+    );
+    check_cost(&out.0, &cost, &run.sysctl_seen, 5);
 }
 
-netiso_testkit::privileged_tests![quick_bench_is_sane_and_takes_the_right_routes];
+/// `--cost-only` measures the cost section alone, with its options.
+fn cost_only_run_writes_the_cost_section() {
+    let run = run_bench(
+        "cost",
+        &[
+            "--cost-only",
+            "--cost-rounds",
+            "2",
+            "--cost-ms",
+            "100",
+            "--cost-containers",
+            "20",
+        ],
+    );
+    let cost: Value =
+        serde_json::from_str(&fs::read_to_string(run.out.0.join("cost.json")).unwrap()).unwrap();
+    assert_eq!(cost["cell_ms"], 100);
+    // The agent had the 20 idle containers and the section's own two.
+    assert_eq!(cost["idle_containers"], 20);
+    assert_eq!(cost["registered_containers"], 22);
+    check_cost(&run.out.0, &cost, &run.sysctl_seen, 2);
+    // Only the cost section ran.
+    assert!(!run.out.0.join("results.json").exists());
+    assert!(!run.out.0.join("table.txt").exists());
+    assert!(!run.out.0.join("throughput.svg").exists());
+}
+
+/// An interval: finite, and it contains its point estimate.
+fn est(e: &Value, what: &str) -> (f64, f64, f64) {
+    let (m, lo, hi) = (
+        e["mean"].as_f64().unwrap_or(f64::NAN),
+        e["lo"].as_f64().unwrap_or(f64::NAN),
+        e["hi"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert!(
+        m.is_finite() && lo.is_finite() && hi.is_finite() && lo <= m && m <= hi,
+        "{what}: bad interval {e}"
+    );
+    (m, lo, hi)
+}
+
+const COST_PATHS: [&str; 6] = [
+    "host",
+    "netiso",
+    "veth_bridge",
+    "veth_routed",
+    "netiso_stats",
+    "no_container_stats",
+];
+const COST_WORKLOADS: [&str; 4] = ["stream", "rr", "crr", "udp_rr"];
+
+/// The cost section is present and sane.
+fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: usize) {
+    let table = fs::read_to_string(dir.join("cost_table.txt")).unwrap();
+    for want in [
+        "Cost: netiso's CPU",
+        "Targets of issue 11",
+        "timing the programs costs",
+    ] {
+        assert!(table.contains(want), "no {want:?} in table.txt");
+    }
+    for chart in ["cost_share.svg", "cost_cpu.svg"] {
+        let svg = fs::read_to_string(dir.join(chart)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{chart} is not an SVG"
+        );
+    }
+    assert_eq!(c["rounds"], rounds);
+    assert!(
+        !c["attached"].as_array().unwrap().is_empty(),
+        "no attached programs reported"
+    );
+    assert_eq!(c["route_failures"], 0);
+
+    // bpf_stats: switched on by a descriptor, never through the sysctl. When nothing else
+    // wrote the sysctl during the run (another bench on a shared machine may), the value is
+    // the same before, during and after, and so are the bench's own readings.
+    assert_eq!(c["stats"]["mechanism"], "BPF_ENABLE_STATS");
+    if let [only] = sysctl_seen {
+        let v: u64 = only.parse().unwrap();
+        assert_eq!(c["stats"]["sysctl_before"], v, "{sysctl_seen:?}");
+        assert_eq!(c["stats"]["sysctl_after"], v, "{sysctl_seen:?}");
+    } else {
+        eprintln!(
+            "note: kernel.bpf_stats_enabled changed during the run ({sysctl_seen:?}): another \
+             process writes it; the bench only holds a BPF_ENABLE_STATS descriptor"
+        );
+    }
+
+    let cells = c["cells"].as_array().unwrap();
+    assert_eq!(
+        cells.len(),
+        rounds * 6 * 4,
+        "one cell per round, path and workload"
+    );
+    for cell in cells {
+        let path = cell["path"].as_str().unwrap();
+        assert!(COST_PATHS.contains(&path), "{cell}");
+        assert!(
+            COST_WORKLOADS.contains(&cell["workload"].as_str().unwrap()),
+            "{cell}"
+        );
+        assert_eq!(cell["route_ok"], true, "{cell}");
+        for k in ["ops", "secs"] {
+            let x = cell[k].as_f64().unwrap_or(f64::NAN);
+            assert!(x.is_finite() && x > 0.0, "{k} in {cell}");
+        }
+        for k in ["client_usec", "server_usec"] {
+            assert!(cell[k].as_u64().unwrap_or(0) > 0, "{k} in {cell}");
+        }
+        assert_eq!(cell["stats_on"], path.ends_with("_stats"), "{cell}");
+        let progs = cell["progs"].as_array().unwrap();
+        match path {
+            // The baselines: no netiso program may run for them.
+            "host" | "veth_bridge" | "veth_routed" => {
+                assert!(progs.is_empty(), "netiso programs ran on {path}: {cell}");
+            }
+            // Timed by this bench: whatever ran was counted and timed.
+            "netiso_stats" | "no_container_stats" => {
+                for p in progs {
+                    assert!(
+                        p["run_cnt"].as_u64().unwrap() > 0
+                            && p["run_time_ns"].as_u64().unwrap() > 0,
+                        "{p} in {cell}"
+                    );
+                }
+            }
+            _ => {}
+        }
+        // A container's connections are always seen by some program.
+        if path == "netiso_stats" && cell["workload"] == "crr" {
+            assert!(
+                !progs.is_empty(),
+                "no netiso program ran for containers: {cell}"
+            );
+        }
+    }
+
+    let wls = c["workloads"].as_array().unwrap();
+    assert_eq!(wls.len(), 4);
+    for w in wls {
+        let name = w["workload"].as_str().unwrap();
+        let paths = w["paths"].as_array().unwrap();
+        assert_eq!(paths.len(), 6, "{name}");
+        for p in paths {
+            let what = format!("{name} {}", p["path"]);
+            let (m, _, _) = est(&p["cpu_us_per_op"], &what);
+            assert!(m > 0.0, "{what}");
+            for (k, base) in [("vs_host", "host"), ("vs_bridge", "veth_bridge")] {
+                if p["path"] == base {
+                    assert!(p[k].is_null(), "{what} {k}");
+                } else {
+                    let (m, _, _) = est(&p[k], &format!("{what} {k}"));
+                    assert!(m > 0.0, "{what} {k}");
+                }
+            }
+        }
+        est(&w["stats_overhead"], &format!("{name} stats overhead"));
+        let rows = w["breakdown"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{name}: netiso and no-container rows");
+        for b in rows {
+            let what = format!("{name} {}", b["path"]);
+            let (share, _, _) = est(&b["share_pct"], &what);
+            assert!((0.0..=100.0).contains(&share), "{what}: share {share}");
+            let (ns, _, _) = est(&b["ns_per_op"], &what);
+            assert!(ns >= 0.0, "{what}");
+            est(&b["ns_per_packet"], &what);
+            assert!(b["packets_per_op"].as_f64().unwrap() > 0.0, "{what}");
+            for p in b["programs"].as_array().unwrap() {
+                assert!(p["runs"].as_u64().unwrap() > 0, "{what}: {p}");
+                let pooled = p["ns_per_run_pooled"].as_f64().unwrap();
+                assert!(pooled.is_finite() && pooled > 0.0, "{what}: {p}");
+                if !p["ns_per_run"].is_null() {
+                    est(&p["ns_per_run"], &format!("{what} {}", p["name"]));
+                }
+            }
+        }
+        // Containers' connections cost netiso something.
+        if name == "crr" {
+            assert!(
+                rows[0]["ns_per_op"]["mean"].as_f64().unwrap() > 0.0,
+                "{name}: netiso's programs took no time"
+            );
+        }
+    }
+    // Every verdict follows from its interval.
+    let targets = c["targets"].as_array().unwrap();
+    assert!(targets.len() >= 4 * 4, "{} targets", targets.len());
+    for t in targets {
+        let Some(m) = t["measured"].as_object() else {
+            continue;
+        };
+        let (lo, hi) = (m["lo"].as_f64().unwrap(), m["hi"].as_f64().unwrap());
+        let limit = t["limit"].as_f64().unwrap();
+        let strict = t["target"].as_str().unwrap().contains("below");
+        let within = |x: f64| if strict { x < limit } else { x <= limit };
+        let want = if within(hi) {
+            "met"
+        } else if !within(lo) {
+            "missed"
+        } else {
+            "cannot_tell"
+        };
+        assert_eq!(t["verdict"], want, "{t}");
+    }
+}
+
+netiso_testkit::privileged_tests![
+    quick_bench_is_sane_and_takes_the_right_routes,
+    cost_only_run_writes_the_cost_section
+];
