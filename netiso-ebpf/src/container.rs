@@ -8,10 +8,7 @@
 //! outside every container, or before their cgroup was registered) are the host's.
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
-};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_ancestor_cgroup_id};
 use netiso_common::{
     abi::container_of_mark, config, policy::Registry, policy::AF_INET, Container, ContainerId, Ip4,
     Ip6, MAX_CGROUP_LEVELS,
@@ -23,14 +20,6 @@ use crate::{ctx, maps};
 #[inline(always)]
 pub fn disabled() -> bool {
     maps::config(config::DISABLED) != 0
-}
-
-/// The container of the calling task and its cgroup id (sock_create runs in the task that
-/// creates the socket).
-#[inline(always)]
-pub fn of_task() -> Option<(u64, Container)> {
-    // SAFETY: a plain helper call with an integer argument.
-    among_ancestors(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
 }
 
 /// The container a socket belongs to (`sk`: a full socket, or a cgroup/sock context), if it

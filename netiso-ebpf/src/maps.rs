@@ -236,7 +236,7 @@ pub fn emit(ev: impl FnOnce() -> Event) {
     }
 }
 
-/// Attachment-local cgroup storage for the per-container cgroup_skb programs. The kernel calls
+/// Attachment-local cgroup storage for the per-container programs. The kernel calls
 /// this map type deprecated in favour of CGRP_STORAGE, which is keyed by cgroup rather than by
 /// attachment and needs a cgroup pointer the packet path does not have; the attachment is
 /// exactly what is needed here.
@@ -251,9 +251,9 @@ mod attachment {
     };
     use netiso_common::{Container, PacketCounters};
 
-    /// The container a cgroup_skb program attached to a container's cgroup works for, written by
-    /// the agent into that attachment's storage: the packet path reads it without a lookup. All
-    /// zero until the agent has written it.
+    /// The container a program attached to a container's cgroup works for, written by the
+    /// agent into that attachment's storage: read without a lookup. All zero until the agent
+    /// has written it.
     #[map(name = "CG_INFO")]
     static CG_INFO: CgroupStorage<Container> = CgroupStorage::pinned();
 
@@ -261,8 +261,8 @@ mod attachment {
     #[map(name = "CG_COUNTERS")]
     static CG_COUNTERS: PerCpuCgroupStorage<PacketCounters> = PerCpuCgroupStorage::pinned();
 
-    /// The container of the cgroup the running cgroup_skb program is attached to, once the agent
-    /// has written it.
+    /// The container of the cgroup the running program is attached to, once the agent has
+    /// written it.
     #[inline(always)]
     pub fn attached_container() -> Option<Container> {
         // SAFETY: the helper returns this attachment's storage, valid for the whole run; the

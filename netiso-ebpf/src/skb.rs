@@ -100,17 +100,16 @@ fn fast_path(ctx: &SkBuffContext, c: &Container, dir: Direction) -> bool {
     }
     let skb = ctx::skb(ctx);
     let (data, end) = ctx::skb_data(skb);
-    if data + 40 > end {
-        // Also every IPv4 packet shorter than 40 bytes: rare, and the full path is right.
+    if data + 20 > end {
         return false;
     }
-    // SAFETY: `data + 40 <= end`, checked just above as the verifier requires; the reads
-    // below stay within those 40 bytes.
-    let read32 = |off: usize| unsafe { core::ptr::read_unaligned((data + off) as *const u32) };
-    // SAFETY: as above.
+    // SAFETY: `data + 20 <= end`, checked just above as the verifier requires.
     let first = unsafe { *(data as *const u8) };
     let proto = match first >> 4 {
         4 => {
+            // SAFETY: the IPv4 header's fixed 20 bytes are within the checked range.
+            let read32 =
+                |off: usize| unsafe { core::ptr::read_unaligned((data + off) as *const u32) };
             let local = Ip4(read32(if dir == Direction::Ingress { 16 } else { 12 }));
             if !(c.has_v4() && local == c.v4) && local != c.lo4 {
                 return false;
@@ -119,6 +118,12 @@ fn fast_path(ctx: &SkBuffContext, c: &Container, dir: Direction) -> bool {
             unsafe { *((data + 9) as *const u8) }
         }
         6 => {
+            if data + 40 > end {
+                return false;
+            }
+            // SAFETY: `data + 40 <= end`, checked just above: the IPv6 fixed header.
+            let read32 =
+                |off: usize| unsafe { core::ptr::read_unaligned((data + off) as *const u32) };
             let at = if dir == Direction::Ingress { 24 } else { 8 };
             let local = Ip6([read32(at), read32(at + 4), read32(at + 8), read32(at + 12)]);
             if !c.has_v6() || local != c.v6 {
@@ -144,6 +149,12 @@ fn needs_registering(skb: *mut aya_ebpf::bindings::__sk_buff) -> bool {
         return false;
     };
     if ctx::socket_state(sk.cast()) == TCP_ESTABLISHED {
+        return false;
+    }
+    // Explicitly bound sockets registered at bind (a container's wildcard binds are
+    // rewritten to an owned address): only a wildcard-bound one can be autobound.
+    let (_, _, bound, _) = ctx::socket_binding(sk);
+    if !bound.is_unspecified() {
         return false;
     }
     maps::sock_info(sk, false).is_none_or(|info| info.cookie == 0)

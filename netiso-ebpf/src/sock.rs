@@ -1,4 +1,5 @@
-//! cgroup/sock programs: the life of a socket.
+//! cgroup/sock programs: the life of a socket. Attached to each container's cgroup (host
+//! sockets run none of them); the container comes from the attachment's storage.
 //!
 //! - sock_create: a socket made in a container belongs to it from now on: it carries the
 //!   container's mark. A container may only create the socket kinds the address hooks govern
@@ -30,7 +31,9 @@ const SOCKET: Hook = Hook {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let Some((_, c)) = container::of_task() else {
+    // Until the agent has written the container (registration under way), a socket made
+    // here is the host's, as one made before the registration.
+    let Some(c) = maps::attached_container() else {
         return 1;
     };
     // Ownership is bookkeeping, not enforcement: recorded also while netiso is disabled, so
@@ -67,17 +70,17 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
     1
 }
 
-/// Records a socket a container's task bound to one of the container's addresses (or its
-/// loopback) as a receiver of that container, once per socket. By the binding task: a
-/// post_bind program cannot read the socket's mark, and the bind hook has already judged the
-/// socket by its own container.
+/// Records a container socket bound to one of the container's addresses (or its loopback) as
+/// a receiver of that container, once per socket. The container is the attachment's: the
+/// socket was made in its cgroup (a post_bind program cannot read the socket's mark), and the
+/// bind hook has already judged the socket by its own container.
 #[inline(always)]
 fn register(ctx: &SockContext, version: u8, addr: Ip6, port: u16) {
     let (_, _, protocol) = ctx.kind();
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return;
     }
-    let Some((_, c)) = container::of_task() else {
+    let Some(c) = maps::attached_container() else {
         return;
     };
     let family = if version == 4 { AF_INET } else { AF_INET6 };

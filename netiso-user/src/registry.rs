@@ -185,6 +185,14 @@ impl Registry {
         self.names.values().filter_map(|id| self.containers.get(id))
     }
 
+    /// The containers whose names sort after `name`, in name order.
+    pub fn iter_after(&self, name: &str) -> impl Iterator<Item = &ContainerSpec> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.names
+            .range::<str, _>((Excluded(name), Unbounded))
+            .filter_map(|(_, id)| self.containers.get(id))
+    }
+
     /// The lowest and highest cgroup level holding a container (None: no container).
     pub fn level_window(&self) -> Option<(u32, u32)> {
         let min = *self.levels.keys().next()?;

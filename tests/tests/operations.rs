@@ -538,8 +538,12 @@ fn detached_programs_are_reattached_and_counted() {
     w.agent.start_with(&["--check-interval", "1"]);
     let a = w.container("a", &["192.0.2.10"], &[]);
     assert!(refused(&w, &a));
-    // Removing the pin drops the last reference to the bind4 link: the program is detached.
-    fs::remove_file(w.agent.bpffs.join("links/bind4")).unwrap();
+    // Removing a pin drops the last reference to its link: the program is detached. bind4 is
+    // attached to each container's cgroup, guard at the root.
+    let cgroup_id = w.agent.client().container("a").unwrap().cgroup_id;
+    let pin = w.agent.bpffs.join(format!("links/cg-bind4@{cgroup_id}"));
+    fs::remove_file(&pin).unwrap();
+    fs::remove_file(w.agent.bpffs.join("links/guard")).unwrap();
     wait_until("bind4 to be re-attached", Duration::from_secs(20), || {
         refused(&w, &a)
     });
@@ -557,6 +561,11 @@ fn detached_programs_are_reattached_and_counted() {
         m.contains("netiso_program_attached{program=\"bind4\"} 1"),
         "{m}"
     );
+    assert!(
+        m.contains("netiso_program_reattachments_total{program=\"guard\"} 1"),
+        "{m}"
+    );
+    assert!(pin.exists() && w.agent.bpffs.join("links/guard").exists());
 }
 
 /// GET on `addr` from inside the namespace `ns` (a thread that joins it), raw HTTP/1.1:

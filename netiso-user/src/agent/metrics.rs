@@ -126,7 +126,7 @@ pub fn render(s: &mut Service) -> String {
         attached,
     );
     let reattached = Family::<Labels, Counter>::default();
-    for (p, _) in crate::datapath::PROGRAMS {
+    for (p, _) in &stats.links {
         reattached
             .get_or_create(&labels(&[("program", p)]))
             .inc_by(stats.reattached.get(p).copied().unwrap_or(0));

@@ -18,12 +18,12 @@ use aya::{
 };
 use log::{debug, error, info};
 
-use super::{io_err, link_err, pin_program, program_err, raw_bpf, Datapath, DatapathError};
+use super::{io_err, link_err, pin_program, program_err, raw_bpf, Datapath, DatapathError, Entry};
 
-/// What [`Datapath::check_links`] found for one program's link.
+/// What [`Datapath::check_links`] found for one program's links.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkState {
-    /// Attached at the cgroup root, running this agent's program.
+    /// Attached where it should be, running this agent's program.
     Attached,
     /// It was not (pin gone, link detached, or another program in it): repaired now.
     Repaired,
@@ -31,29 +31,52 @@ pub enum LinkState {
     Broken,
 }
 
-/// Every program netiso attaches at the cgroup root: ELF function name and kernel attach type
-/// (enum bpf_attach_type), for the raw link calls.
-pub const PROGRAMS: [(&str, u32); 12] = [
+/// The programs netiso attaches at the cgroup root: ELF function name and kernel attach type
+/// (enum bpf_attach_type), for the raw link calls. Only `guard`, which must see what host
+/// sockets receive; everything else is attached per container.
+pub const PROGRAMS: [(&str, u32); 1] = [
+    ("guard", 0), // BPF_CGROUP_INET_INGRESS
+];
+
+/// The programs attached to each container's cgroup (see `skb`): they govern the sockets made
+/// in it and their packets, and host sockets run none of them. Hooks run the programs of the
+/// cgroup a socket was made in, so a container's socket is governed wherever it goes.
+pub const PER_CONTAINER: [(&str, u32); 14] = [
+    ("ingress", 0),       // BPF_CGROUP_INET_INGRESS
+    ("egress", 1),        // BPF_CGROUP_INET_EGRESS
     ("sock_create", 2),   // BPF_CGROUP_INET_SOCK_CREATE
-    ("post_bind4", 12),   // BPF_CGROUP_INET4_POST_BIND
-    ("post_bind6", 13),   // BPF_CGROUP_INET6_POST_BIND
-    ("sock_release", 34), // BPF_CGROUP_INET_SOCK_RELEASE
+    ("listen", 3),        // BPF_CGROUP_SOCK_OPS
     ("bind4", 8),         // BPF_CGROUP_INET4_BIND
     ("bind6", 9),         // BPF_CGROUP_INET6_BIND
     ("connect4", 10),     // BPF_CGROUP_INET4_CONNECT
     ("connect6", 11),     // BPF_CGROUP_INET6_CONNECT
+    ("post_bind4", 12),   // BPF_CGROUP_INET4_POST_BIND
+    ("post_bind6", 13),   // BPF_CGROUP_INET6_POST_BIND
     ("sendmsg4", 14),     // BPF_CGROUP_UDP4_SENDMSG
     ("sendmsg6", 15),     // BPF_CGROUP_UDP6_SENDMSG
     ("setsockopt", 22),   // BPF_CGROUP_SETSOCKOPT
-    ("guard", 0),         // BPF_CGROUP_INET_INGRESS
+    ("sock_release", 34), // BPF_CGROUP_INET_SOCK_RELEASE
 ];
 
-/// The programs attached to each container's cgroup, not at the root: they run for every
-/// packet or every TCP event, and host sockets run none of them (see `skb`).
-pub const PER_CONTAINER: [(&str, u32); 3] = [
-    ("ingress", 0), // BPF_CGROUP_INET_INGRESS
-    ("egress", 1),  // BPF_CGROUP_INET_EGRESS
-    ("listen", 3),  // BPF_CGROUP_SOCK_OPS
+/// The attach types of the per-container programs that read the container from their
+/// attachment's storage (`CG_INFO`): the agent writes it for each.
+pub const WITH_STORAGE: [u32; 5] = [0, 1, 2, 12, 13];
+
+/// Root links earlier versions pinned under `links/` for programs now attached per
+/// container: removed once every container has its own (see `retire_former_root_links`), so
+/// no old program keeps running at the root and an upgrade leaves no gap.
+const FORMER_ROOT: [&str; 11] = [
+    "sock_create",
+    "post_bind4",
+    "post_bind6",
+    "sock_release",
+    "bind4",
+    "bind6",
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "setsockopt",
 ];
 
 /// The socket-lookup program and its attach type (BPF_SK_LOOKUP), linked to the agent's
@@ -203,54 +226,116 @@ pub(super) fn attach(
 }
 
 impl Datapath {
+    /// Detaches the root links of programs that earlier versions attached at the root and
+    /// this one attaches per container. Called once every registered container has its own.
+    pub fn retire_former_root_links(&self) -> Result<(), DatapathError> {
+        let links = self.bpffs.join("links");
+        for name in FORMER_ROOT {
+            let pin = links.join(name);
+            if pin.exists() {
+                // Unpinning the last reference to a link detaches it.
+                fs::remove_file(&pin).map_err(io_err("unpinning", &pin))?;
+                info!("detached {name} from the cgroup root: it is attached per container now");
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that every cgroup program is still attached where it should be, running this
     /// agent's program, and repairs what is not: a missing pin or a detached link gets a new
-    /// link, a link running another program gets this agent's back. Says so loudly.
-    pub fn check_links(&mut self) -> Vec<(&'static str, LinkState)> {
-        let links = self.bpffs.join("links");
-        let root_id = fs::metadata(&self.cgroup_root).map_or(0, |m| m.ino());
+    /// link, a link running another program gets this agent's back. Says so loudly. The root
+    /// programs are checked every time, the per-container ones for `containers` (the caller
+    /// spreads its containers over successive checks). One state per program, the worst.
+    pub fn check_links(&mut self, containers: &[Entry]) -> Vec<(&'static str, LinkState)> {
         let mut out = Vec::new();
+        let root = self.cgroup_root.clone();
+        let root_id = fs::metadata(&root).map_or(0, |m| m.ino());
+        let links = self.bpffs.join("links");
         for (name, attach_type) in PROGRAMS {
-            let pin = links.join(name);
-            let state = match self.check_link(name, attach_type, &pin, root_id) {
-                Ok(None) => LinkState::Attached,
-                Ok(Some(why)) => {
-                    error!("program {name} was not attached at the cgroup root ({why}): re-attached it");
-                    LinkState::Repaired
-                }
-                Err(e) => {
-                    error!("program {name} is not attached at the cgroup root and re-attaching failed: {e}");
-                    LinkState::Broken
-                }
-            };
+            let state = self.checked(name, attach_type, &links.join(name), &root, root_id);
             out.push((name, state));
+        }
+        let unix: Vec<(&'static str, u32)> = if self.unix.is_ok() {
+            crate::datapath::UNIX_PROGRAMS.to_vec()
+        } else {
+            Vec::new()
+        };
+        for (name, attach_type) in PER_CONTAINER.iter().chain(&unix) {
+            let mut worst = LinkState::Attached;
+            for e in containers {
+                let unix_prog = unix.iter().any(|(n, _)| n == name);
+                if unix_prog && e.unix_names.is_none() {
+                    continue;
+                }
+                let pin = self.container_pin(name, e.cgroup_id);
+                let state = self.checked(name, *attach_type, &pin, &e.cgroup, e.cgroup_id);
+                if state != LinkState::Attached {
+                    // A new attachment has empty storage: write the container again.
+                    if let Err(err) = self.refresh_container(e) {
+                        error!(
+                            "writing container {} into the storage of {name}: {err}",
+                            e.id.0
+                        );
+                    }
+                }
+                if state == LinkState::Broken || worst == LinkState::Attached {
+                    worst = state;
+                }
+            }
+            out.push((*name, worst));
         }
         out
     }
 
-    /// None when the link is fine; otherwise repairs it and says what was wrong.
-    fn check_link(
-        &mut self,
+    /// Checks and repairs one link; logs what it found.
+    fn checked(
+        &self,
         name: &'static str,
         attach_type: u32,
         pin: &Path,
-        root_id: u64,
+        cgroup: &Path,
+        cgroup_id: u64,
+    ) -> LinkState {
+        let r = self.check_link(name, attach_type, pin, cgroup, cgroup_id);
+        match r {
+            Ok(None) => LinkState::Attached,
+            Ok(Some(why)) => {
+                error!(
+                    "program {name} was not attached to {} ({why}): re-attached it",
+                    cgroup.display()
+                );
+                LinkState::Repaired
+            }
+            Err(e) => {
+                error!(
+                    "program {name} is not attached to {} and re-attaching failed: {e}",
+                    cgroup.display()
+                );
+                LinkState::Broken
+            }
+        }
+    }
+
+    /// None when the link is fine; otherwise repairs it and says what was wrong.
+    fn check_link(
+        &self,
+        name: &'static str,
+        attach_type: u32,
+        pin: &Path,
+        cgroup: &Path,
+        cgroup_id: u64,
     ) -> Result<Option<&'static str>, DatapathError> {
-        let prog = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
-        let prog_id = prog.info().map_err(program_err(name))?.id();
+        let prog = self.program_fd(name)?;
+        let prog_id =
+            raw_bpf::prog_id(prog.as_fd()).map_err(io_err("reading the program of", pin))?;
         let why = match raw_bpf::obj_get(pin) {
             Err(_) => "its pinned link is gone",
             Ok(link) => match raw_bpf::cgroup_link(link.as_fd()) {
-                Ok((p, cg)) if p == prog_id && cg == root_id && cg != 0 => return Ok(None),
-                Ok((p, cg)) if cg == root_id && cg != 0 => {
+                Ok((p, cg)) if p == prog_id && cg == cgroup_id && cg != 0 => return Ok(None),
+                Ok((_, cg)) if cg == cgroup_id && cg != 0 => {
                     // Attached where it should be, running another program: swap ours back.
-                    let fd = prog.fd().map_err(program_err(name))?.as_fd();
-                    raw_bpf::link_update(link.as_fd(), fd)
+                    raw_bpf::link_update(link.as_fd(), prog.as_fd())
                         .map_err(io_err("updating pinned link", pin))?;
-                    let _ = p;
                     return Ok(Some("its link ran another program"));
                 }
                 _ => "its link was detached",
@@ -262,13 +347,10 @@ impl Datapath {
             }
             _ => {}
         }
-        let cgroup = fs::File::open(&self.cgroup_root)
-            .map_err(io_err("opening cgroup", &self.cgroup_root))?;
-        let prog = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(program_err(name)(ProgramError::UnexpectedProgramType))?;
-        attach(name, prog, attach_type, &cgroup, pin)?;
+        let dir = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
+        let link = raw_bpf::link_create(prog.as_fd(), dir.as_fd(), attach_type)
+            .map_err(io_err("attaching program to cgroup", pin))?;
+        raw_bpf::obj_pin(link.as_fd(), pin).map_err(io_err("pinning link", pin))?;
         Ok(Some(why))
     }
 }

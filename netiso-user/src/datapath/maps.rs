@@ -378,8 +378,26 @@ impl Datapath {
         let mut containers: HashMap<_, u64, Container> = self.hash(maps::CONTAINERS)?;
         ignore_missing(containers.remove(&e.cgroup_id)).map_err(map_err(maps::CONTAINERS))?;
         self.detach_packet_programs(e.cgroup_id)?;
+        // Its sockets' release no longer runs netiso's program: forget what they registered.
+        if let Err(err) = self.prune_receivers(|id| id != e.id) {
+            log::warn!("removing the receivers of container {}: {err}", e.id.0);
+        }
         if let Err(err) = ignore_missing(self.counters_map()?.remove(&e.id)) {
             log::warn!("removing the counters of container {}: {err}", e.id.0);
+        }
+        Ok(())
+    }
+
+    /// Removes the receivers (see `RECEIVERS`) of containers `keep` says no to.
+    fn prune_receivers(&mut self, keep: impl Fn(ContainerId) -> bool) -> Result<(), DatapathError> {
+        let mut m: HashMap<_, Receiver, u64> = self.hash(maps::RECEIVERS)?;
+        let stale: Vec<Receiver> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|r| !keep(r.container))
+            .collect();
+        for r in stale {
+            ignore_missing(m.remove(&r)).map_err(map_err(maps::RECEIVERS))?;
         }
         Ok(())
     }
@@ -597,6 +615,7 @@ impl Datapath {
         )?;
         self.prune_packet_programs(&keep_cg)?;
         self.prune_unix_names(|k| !keep_id.contains(&k.container))?;
+        self.prune_receivers(|id| keep_id.contains(&id))?;
         for (id, _) in &before.ids {
             if !keep_id.contains(id) {
                 note(maps::IDS, id.0.to_string(), "removed (not registered)");

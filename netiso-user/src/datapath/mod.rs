@@ -9,8 +9,8 @@
 //! atomic, so a restart (or kill -9) never opens a gap.
 mod attach;
 mod maps;
+mod per_container;
 mod raw_bpf;
-mod skb;
 mod tc;
 mod unix;
 

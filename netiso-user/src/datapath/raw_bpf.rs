@@ -94,6 +94,7 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
 
 /// `struct bpf_link_info` as 64-bit words: word 0 = type | id << 32, word 1 = prog_id, then
 /// the per-type union from word 2.
+/// BPF_OBJ_GET_INFO_BY_FD of a link or program, as 64-bit words.
 fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 32]> {
     let mut info = [0u64; 32];
     let mut attr = Attr::default();
@@ -101,6 +102,13 @@ fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 32]> {
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info)
+}
+
+/// Gap: aya has no program info from a bare descriptor (the unix programs are loaded raw).
+/// The id of the program `prog`.
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct bpf_prog_info { u32 type; u32 id; ... }
+    Ok((link_info(prog)?[0] >> 32) as u32)
 }
 
 /// Gap: aya 0.14's `LinkInfo` has no TCX fields. The interface a TCX link is attached to;

@@ -115,7 +115,14 @@ pub(super) fn load(ebpf: &Ebpf, progs: &Path) -> Result<UnixPrograms, DatapathEr
 }
 
 impl Datapath {
-    fn unix_pin(&self, name: &str, cgroup_id: u64) -> PathBuf {
+    /// The descriptor of a raw-loaded unix program, by name.
+    pub(super) fn unix_program_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
+        let progs = self.unix.as_ref().ok()?;
+        let i = UNIX_PROGRAMS.iter().position(|(n, _)| *n == name)?;
+        Some(progs.0[i].as_fd())
+    }
+
+    pub(super) fn unix_pin(&self, name: &str, cgroup_id: u64) -> PathBuf {
         self.bpffs
             .join("links")
             .join(format!("{PIN_PREFIX}{name}@{cgroup_id}"))
@@ -181,7 +188,7 @@ impl Datapath {
         self.write_unix_container(e.cgroup_id, &e.value())
     }
 
-    fn write_unix_container(
+    pub(super) fn write_unix_container(
         &mut self,
         cgroup_id: u64,
         value: &Container,

@@ -1,8 +1,8 @@
-//! The per-container programs (`ingress`, `egress`, `listen`): attached to each container's own
-//! cgroup as bpf links pinned at `links/skb-<program>@<cgroup id>`, so host sockets run none of
-//! them. The packet programs are fed through their attachment storage: `CG_INFO` holds the
-//! container (the packet path reads it without a lookup), `CG_COUNTERS` its per-CPU packet
-//! counters.
+//! The per-container programs (`attach::PER_CONTAINER`: the socket hooks, the packet programs
+//! and `listen`): attached to each container's own cgroup as bpf links pinned at
+//! `links/cg-<program>@<cgroup id>`, so host sockets run none of them. They are fed through
+//! their attachment storage: `CG_INFO` holds the container (read without a lookup),
+//! `CG_COUNTERS` the packet programs' per-CPU counters.
 #![expect(
     deprecated,
     reason = "attachment-local cgroup storage, see netiso-ebpf's maps"
@@ -11,7 +11,7 @@
 use std::{
     collections::HashSet,
     fs,
-    os::fd::AsFd,
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -23,18 +23,49 @@ use log::debug;
 use netiso_common::{maps, Container, PacketCounters};
 
 use super::{
-    attach::{self, PER_CONTAINER},
+    attach::{self, PER_CONTAINER, WITH_STORAGE},
     io_err, program_err, Datapath, DatapathError, Entry,
 };
 
 /// Pins of per-container links start with this; the rest is `<direction>@<cgroup id>`.
-const PIN_PREFIX: &str = "skb-";
+pub(super) const PIN_PREFIX: &str = "cg-";
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
 impl Datapath {
+    /// The pin of a per-container link (also of the abstract-unix programs).
+    pub(super) fn container_pin(&self, name: &str, cgroup_id: u64) -> PathBuf {
+        if super::UNIX_PROGRAMS.iter().any(|(n, _)| *n == name) {
+            return self.unix_pin(name, cgroup_id);
+        }
+        self.skb_pin(name, cgroup_id)
+    }
+
+    /// The descriptor of a loaded program, by name (aya's, or a raw-loaded unix one).
+    pub(super) fn program_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, DatapathError> {
+        if let Some(fd) = self.unix_program_fd(name) {
+            return Ok(fd);
+        }
+        let perr = program_err(name);
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(perr(ProgramError::UnexpectedProgramType))?;
+        Ok(prog.fd().map_err(&perr)?.as_fd())
+    }
+
+    /// Writes the container into the storage of its attachments again (after one of its
+    /// links was re-made: a new attachment starts with empty storage).
+    pub(super) fn refresh_container(&mut self, e: &Entry) -> Result<(), DatapathError> {
+        self.write_container(e.cgroup_id, &e.value())?;
+        if e.unix_names.is_some() {
+            self.write_unix_container(e.cgroup_id, &e.value())?;
+        }
+        Ok(())
+    }
+
     fn skb_pin(&self, name: &str, cgroup_id: u64) -> PathBuf {
         self.bpffs
             .join("links")
@@ -79,12 +110,12 @@ impl Datapath {
         attach::attach(name, prog, attach_type, &dir, pin)
     }
 
-    /// Writes the container into the storage of both its packet programs.
+    /// Writes the container into the storage of the programs that read it.
     fn write_container(&mut self, cgroup_id: u64, value: &Container) -> Result<(), DatapathError> {
         let m = self.ebpf.map_mut(maps::CG_INFO).expect("CG_INFO map");
         let mut storage: CgroupStorage<&mut MapData, Container> =
             CgroupStorage::try_from(m).map_err(map_err(maps::CG_INFO))?;
-        for (_, attach_type) in &PER_CONTAINER[..2] {
+        for attach_type in &WITH_STORAGE {
             storage
                 .insert(CgroupStorageKey::new(cgroup_id, *attach_type), value, 0)
                 .map_err(map_err(maps::CG_INFO))?;
