@@ -138,6 +138,7 @@ pub enum ContainerCmd {
     /// (pathname) sockets are not affected.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["allow", "none", "shared"])))]
     AbstractUnix {
+        /// The container.
         #[arg(value_parser = name_arg)]
         name: String,
         /// A name it may reach, as `ss -x` shows it (`@name`); repeatable. Replaces the list.
