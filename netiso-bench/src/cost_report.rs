@@ -276,13 +276,14 @@ struct Share {
     net: bool,
 }
 
-/// The breakdown rows: "netiso" in netiso's colour, each net figure a darker shade.
+/// The breakdown rows: "netiso" in netiso's colour, each net figure (net of timing, as the
+/// title says) a darker shade.
 fn row_style(s: Share) -> (&'static str, RGBColor) {
     match (s.path == CostPath::NetisoStats, s.net) {
         (true, false) => ("netiso, raw", color(CostPath::Netiso)),
-        (true, true) => ("netiso, net of timing", RGBColor(0x08, 0x30, 0x6b)),
+        (true, true) => ("netiso, net", RGBColor(0x08, 0x30, 0x6b)),
         (false, false) => ("no container, raw", color(s.path)),
-        (false, true) => ("no container, net of timing", RGBColor(0x00, 0x5a, 0x32)),
+        (false, true) => ("no container, net", RGBColor(0x00, 0x5a, 0x32)),
     }
 }
 
@@ -594,8 +595,8 @@ mod tests {
                 "netiso's programs: share of the workload's CPU, raw and net of timing",
                 &[
                     "netiso, raw",
-                    "netiso, net of timing",
-                    "no container, net of timing",
+                    "netiso, net",
+                    "no container, net",
                     "target",
                     "TCP CRR",
                 ][..],
