@@ -26,7 +26,15 @@ pub fn fmt_est(e: &Est) -> String {
     } else {
         2
     };
-    format!("{:.d$} [{:.d$}, {:.d$}]", e.mean, e.lo, e.hi)
+    // A value that rounds to zero prints without a sign ("-0" says nothing more than "0").
+    let f = |x: f64| {
+        let s = format!("{x:.d$}");
+        match s.strip_prefix('-') {
+            Some(r) if r.bytes().all(|b| b == b'0' || b == b'.') => r.to_owned(),
+            _ => s,
+        }
+    };
+    format!("{} [{}, {}]", f(e.mean), f(e.lo), f(e.hi))
 }
 
 fn opt(e: Option<&Est>) -> String {
@@ -35,6 +43,11 @@ fn opt(e: Option<&Est>) -> String {
 
 fn row_label(b: &Breakdown) -> &'static str {
     b.path.breakdown_label()
+}
+
+/// A per-run figure: its interval, or the pooled value when it ran in one round only.
+fn per_run(e: Option<&Est>, pooled: f64) -> String {
+    e.map_or_else(|| format!("{pooled:.0} (1 round)"), fmt_est)
 }
 
 pub fn table(c: &CostReport) -> String {
@@ -49,7 +62,12 @@ pub fn table(c: &CostReport) -> String {
         "  CPU = usage_usec of the client's and the server's cgroups over the measured window; netiso's time = run_time_ns of\n  \
          its programs, timed (BPF_ENABLE_STATS) only in the \"+ bpf_stats\" cells. mean [95% t-interval over rounds]; a ratio\n  \
          is the mean of the per-round paired ratios. netiso = client and server each in an enforcing container; host = a\n  \
-         namespace without netiso; no container = client and server under the agent's cgroup root, in no container."
+         namespace without netiso; no container = client and server under the agent's cgroup root, in no container.\n  \
+         Timing floor: the kernel times each run between two sched_clock() reads, so a timed run costs more than an untimed\n  \
+         one. In the timed cells a no-op cgroup_skb program of the bench runs on the ingress of client and server and is timed\n  \
+         the same way; its ns/run is that cost. \"net of timing\" = netiso's time less the floor's ns/run for each run of\n  \
+         netiso's programs, cell by cell (the share divides by the workload's CPU less the same); \"over the floor\" = a\n  \
+         program's ns/run minus the floor's in the same cell, paired over rounds. The floor's own time is in no figure."
     );
     let _ = writeln!(
         t,
@@ -109,24 +127,51 @@ pub fn table(c: &CostReport) -> String {
                 fmt_est(o)
             );
         }
+        let per = if unit == "MB" { "MB" } else { "op" };
         let _ = writeln!(
             t,
-            "  {:<26} {:>26} {:>26} {:>22} {:>10}",
-            "netiso's programs",
+            "  {:<14} {:<14} {:>26} {:>26} {:>22} {:>8}",
+            "netiso's",
+            "programs",
             format!("ns/{unit}"),
             "share of CPU %",
             "ns/packet",
-            format!("pkts/{}", if unit == "MB" { "MB" } else { "op" })
+            format!("pkts/{per}")
         );
         for b in &w.breakdown {
             let _ = writeln!(
                 t,
-                "  {:<26} {:>26} {:>26} {:>22} {:>10.1}",
+                "  {:<14} {:<14} {:>26} {:>26} {:>22} {:>8.1}",
                 row_label(b),
+                "raw",
                 fmt_est(&b.ns_per_op),
                 fmt_est(&b.share_pct),
                 fmt_est(&b.ns_per_packet),
                 b.packets_per_op
+            );
+            let _ = writeln!(
+                t,
+                "  {:<14} {:<14} {:>26} {:>26} {:>22}",
+                "",
+                "net of timing",
+                opt(b.ns_per_op_net.as_ref()),
+                opt(b.share_net_pct.as_ref()),
+                opt(b.ns_per_packet_net.as_ref()),
+            );
+        }
+        for b in &w.breakdown {
+            let _ = writeln!(
+                t,
+                "  timing floor ({}, the bench's no-op program): {}",
+                row_label(b),
+                b.floor.as_ref().map_or_else(
+                    || "did not run".into(),
+                    |f| format!(
+                        "{} ns/run, {:.1} runs/{per}",
+                        per_run(f.ns_per_run.as_ref(), f.ns_per_run_pooled),
+                        f.runs_per_op
+                    )
+                )
             );
         }
         for b in &w.breakdown {
@@ -136,22 +181,23 @@ pub fn table(c: &CostReport) -> String {
             }
             let _ = writeln!(
                 t,
-                "    {:<24} {:<18} {:>14} {:>24}",
+                "    {:<24} {:<18} {:>12} {:>24} {:>26}",
                 format!("{}: program", row_label(b)),
                 "kind",
-                format!("runs/{}", if unit == "MB" { "MB" } else { "op" }),
-                "ns/run"
+                format!("runs/{per}"),
+                "ns/run raw",
+                "ns/run over the floor"
             );
             for p in &b.programs {
                 let _ = writeln!(
                     t,
-                    "    {:<24} {:<18} {:>14.3} {:>24}",
+                    "    {:<24} {:<18} {:>12.3} {:>24} {:>26}",
                     p.name,
                     p.kind,
                     p.runs_per_op,
-                    p.ns_per_run
-                        .as_ref()
-                        .map_or_else(|| format!("{:.0} (1 round)", p.ns_per_run_pooled), fmt_est)
+                    per_run(p.ns_per_run.as_ref(), p.ns_per_run_pooled),
+                    p.ns_per_run_net_pooled
+                        .map_or_else(|| "-".into(), |x| per_run(p.ns_per_run_net.as_ref(), x))
                 );
             }
         }
@@ -160,6 +206,8 @@ pub fn table(c: &CostReport) -> String {
         t,
         "\nTargets of issue 11 against the cost section (verdict from the 95% interval):"
     );
+    let tw = c.targets.iter().map(|x| x.target.len()).max().unwrap_or(0);
+    let sw = c.targets.iter().map(|x| x.scope.len()).max().unwrap_or(0);
     for x in &c.targets {
         let cmp = if x.target.contains("below") {
             "<"
@@ -168,7 +216,7 @@ pub fn table(c: &CostReport) -> String {
         };
         let _ = writeln!(
             t,
-            "  {:<72} {:<44} {:>26} {:>9}  {}",
+            "  {:<tw$} {:<sw$} {:>26} {:>9}  {}",
             x.target,
             x.scope,
             x.measured
@@ -217,36 +265,41 @@ fn chart_label(p: CostPath) -> &'static str {
     }
 }
 
-/// How a chart shows a series: legend label and colour.
-type Style = fn(CostPath) -> (&'static str, RGBColor);
-
 fn path_style(p: CostPath) -> (&'static str, RGBColor) {
     (chart_label(p), color(p))
 }
 
-/// The breakdown rows: "netiso" in netiso's colour.
-fn row_style(p: CostPath) -> (&'static str, RGBColor) {
-    let c = if p == CostPath::NetisoStats {
-        color(CostPath::Netiso)
-    } else {
-        color(p)
-    };
-    (p.breakdown_label(), c)
+/// A breakdown row's share, raw or net of timing.
+#[derive(Clone, Copy, PartialEq)]
+struct Share {
+    path: CostPath,
+    net: bool,
+}
+
+/// The breakdown rows: "netiso" in netiso's colour, each net figure (net of timing, as the
+/// title says) a darker shade.
+fn row_style(s: Share) -> (&'static str, RGBColor) {
+    match (s.path == CostPath::NetisoStats, s.net) {
+        (true, false) => ("netiso, raw", color(CostPath::Netiso)),
+        (true, true) => ("netiso, net", RGBColor(0x08, 0x30, 0x6b)),
+        (false, false) => ("no container, raw", color(s.path)),
+        (false, true) => ("no container, net", RGBColor(0x00, 0x5a, 0x32)),
+    }
 }
 
 /// Grouped marks with 95% interval whiskers: one group per workload, one mark per series.
 /// `bars` draws bars from 0, otherwise points; `refs` are (group index, y) short reference
 /// lines (targets), `baseline` a line across the chart.
-fn whiskers(
+fn whiskers<K: Copy + PartialEq>(
     title: &str,
     ylabel: &str,
-    groups: &[(String, Vec<(CostPath, Est)>)],
-    style: Style,
+    groups: &[(String, Vec<(K, Est)>)],
+    style: fn(K) -> (&'static str, RGBColor),
     bars: bool,
     refs: &[(usize, f64)],
     baseline: Option<f64>,
 ) -> Result<String> {
-    let mut series: Vec<CostPath> = Vec::new();
+    let mut series: Vec<K> = Vec::new();
     for (_, v) in groups {
         for (p, _) in v {
             if !series.contains(p) {
@@ -349,14 +402,30 @@ fn whiskers(
 
 pub fn charts(c: &CostReport, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    let share: Vec<(String, Vec<(CostPath, Est)>)> = c
+    let share: Vec<(String, Vec<(Share, Est)>)> = c
         .workloads
         .iter()
         .map(|w| {
-            (
-                short(w.workload).to_owned(),
-                w.breakdown.iter().map(|b| (b.path, b.share_pct)).collect(),
-            )
+            let mut v = Vec::new();
+            for b in &w.breakdown {
+                v.push((
+                    Share {
+                        path: b.path,
+                        net: false,
+                    },
+                    b.share_pct,
+                ));
+                if let Some(n) = b.share_net_pct {
+                    v.push((
+                        Share {
+                            path: b.path,
+                            net: true,
+                        },
+                        n,
+                    ));
+                }
+            }
+            (short(w.workload).to_owned(), v)
         })
         .collect();
     let refs: Vec<(usize, f64)> = c
@@ -394,7 +463,7 @@ pub fn charts(c: &CostReport, dir: &Path) -> Result<Vec<PathBuf>> {
         (
             "cost_share.svg",
             whiskers(
-                "netiso's programs: share of the workload's CPU",
+                "netiso's programs: share of the workload's CPU, raw and net of timing",
                 "% of client + server CPU (mean, 95% CI)",
                 &share,
                 row_style,
@@ -470,6 +539,8 @@ mod tests {
         assert_eq!(fmt_est(&e(28.13, 0.6)), "28.1 [27.5, 28.7]");
         assert_eq!(fmt_est(&e(1520.4, 12.0)), "1520 [1508, 1532]");
         assert_eq!(fmt_est(&e(5.0, 0.0)), "5.00 [5.00, 5.00]");
+        assert_eq!(fmt_est(&e(-0.3, 6.0)), "0 [-6, 6]");
+        assert_eq!(fmt_est(&e(-0.04, 0.3)), "0.0 [-0.3, 0.3]");
     }
 
     fn report() -> CostReport {
@@ -501,6 +572,11 @@ mod tests {
             "share of the workload's CPU",
             "missed (interval refutes)",
             "met (interval confirms)",
+            "net of timing",
+            "timing floor (netiso, the bench's no-op program): ",
+            "ns/run over the floor",
+            // ingress over the floor, paired: exactly 240.
+            "240 [240, 240]",
         ] {
             assert!(t.contains(want), "no {want:?} in\n{t}");
         }
@@ -516,8 +592,14 @@ mod tests {
         for (name, title, want) in [
             (
                 "cost_share.svg",
-                "netiso's programs: share of the workload's CPU",
-                &["netiso", "no container", "target", "TCP CRR"][..],
+                "netiso's programs: share of the workload's CPU, raw and net of timing",
+                &[
+                    "netiso, raw",
+                    "netiso, net",
+                    "no container, net",
+                    "target",
+                    "TCP CRR",
+                ][..],
             ),
             (
                 "cost_cpu.svg",

@@ -74,6 +74,8 @@ struct Cleanup {
     top: Option<PathBuf>,
     netns: Vec<String>,
     tmp: Option<PathBuf>,
+    /// bpffs directories of the bench's own (the cost section's timing floor).
+    bpf_dirs: Vec<PathBuf>,
     agent_pid: Option<i32>,
     agent_stop_args: Option<(PathBuf, Vec<String>)>,
 }
@@ -141,6 +143,9 @@ pub fn teardown() {
         sys::remove_cgroup_tree(top);
     }
     delete_netns(&c.netns);
+    for d in &c.bpf_dirs {
+        let _ = fs::remove_dir_all(d);
+    }
     if let Some(t) = &c.tmp {
         let _ = fs::remove_dir_all(t);
     }
@@ -150,6 +155,16 @@ pub fn teardown() {
 /// `World::destroy` of a container living in it forgets it again.
 pub fn track_netns(name: &str) {
     with_cleanup(|c| c.netns.push(name.to_owned()));
+}
+
+/// Makes the teardown (also on Ctrl-C) remove a bpffs directory the caller is about to create.
+pub fn track_bpf_dir(dir: &Path) {
+    with_cleanup(|c| c.bpf_dirs.push(dir.to_owned()));
+}
+
+/// Forgets a bpffs directory its owner removed itself.
+pub fn forget_bpf_dir(dir: &Path) {
+    with_cleanup(|c| c.bpf_dirs.retain(|d| d != dir));
 }
 
 /// Deletes namespaces in one `ip -batch` (one process for many).

@@ -6,6 +6,7 @@ mod bench;
 mod cost;
 mod cost_report;
 mod env;
+mod floor;
 mod load;
 mod registration;
 mod report;

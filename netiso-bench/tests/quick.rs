@@ -319,6 +319,9 @@ fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: 
         "Cost: netiso's CPU",
         "Targets of issue 11",
         "timing the programs costs",
+        "net of timing",
+        "timing floor (netiso, the bench's no-op program)",
+        "ns/run over the floor",
     ] {
         assert!(table.contains(want), "no {want:?} in table.txt");
     }
@@ -374,6 +377,23 @@ fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: 
         }
         assert_eq!(cell["stats_on"], path.ends_with("_stats"), "{cell}");
         let progs = cell["progs"].as_array().unwrap();
+        // The timing floor ran, and was timed, on every timed cell and on no other; it is
+        // never listed among netiso's programs.
+        let floor = &cell["floor"];
+        if path.ends_with("_stats") {
+            assert_eq!(floor["name"], "timing-floor", "{cell}");
+            assert!(
+                floor["run_cnt"].as_u64().unwrap() > 0
+                    && floor["run_time_ns"].as_u64().unwrap() > 0,
+                "the floor did not run: {cell}"
+            );
+        } else {
+            assert!(floor.is_null(), "the floor ran in an untimed cell: {cell}");
+        }
+        assert!(
+            progs.iter().all(|p| p["name"] != "timing-floor"),
+            "the floor counted as netiso's: {cell}"
+        );
         match path {
             // The baselines: no netiso program may run for them.
             "host" | "veth_bridge" | "veth_routed" => {
@@ -439,6 +459,9 @@ fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: 
                 }
             }
         }
+        for b in rows {
+            check_net(name, b, cells);
+        }
         // Containers' connections cost netiso something.
         if name == "crr" {
             assert!(
@@ -447,8 +470,57 @@ fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: 
             );
         }
     }
-    // Every verdict follows from its interval.
+    // The floor's pin directory is gone.
+    let pin = PathBuf::from(c["floor"]["pin"].as_str().unwrap());
+    let dir = pin.parent().unwrap();
+    assert!(
+        dir.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("-floor"),
+        "{}",
+        pin.display()
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // The per-run, no-container and share targets are judged on the net figures.
     let targets = c["targets"].as_array().unwrap();
+    let rows: Vec<&Value> = wls
+        .iter()
+        .flat_map(|w| w["breakdown"].as_array().unwrap())
+        .collect();
+    let of = |path: &'static str| rows.iter().filter(move |b| b["path"] == path);
+    for t in targets {
+        let name = t["target"].as_str().unwrap();
+        if t["measured"].is_null() || t["scope"].as_str().unwrap().contains("no per-packet") {
+            continue;
+        }
+        let from = |vals: Vec<&Value>| {
+            assert!(
+                vals.contains(&&t["measured"]),
+                "{t} is not judged on a net figure"
+            );
+        };
+        if name.contains("per run") {
+            assert!(name.contains("over the timing floor"), "{t}");
+            from(
+                of("netiso_stats")
+                    .flat_map(|b| b["programs"].as_array().unwrap())
+                    .map(|p| &p["ns_per_run_net"])
+                    .collect(),
+            );
+        } else if name.contains("no container") {
+            assert!(name.contains("net of timing"), "{t}");
+            from(
+                of("no_container_stats")
+                    .map(|b| &b["ns_per_packet_net"])
+                    .collect(),
+            );
+        } else if name.contains("share") {
+            assert!(name.contains("net of timing"), "{t}");
+            from(of("netiso_stats").map(|b| &b["share_net_pct"]).collect());
+        }
+    }
+    // Every verdict follows from its interval.
     assert!(targets.len() >= 4 * 4, "{} targets", targets.len());
     for t in targets {
         let Some(m) = t["measured"].as_object() else {
@@ -466,6 +538,102 @@ fn check_cost(dir: &std::path::Path, c: &Value, sysctl_seen: &[String], rounds: 
             "cannot_tell"
         };
         assert_eq!(t["verdict"], want, "{t}");
+    }
+}
+
+/// Mean of the finite values.
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.filter(|x| x.is_finite()).collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0),
+        "{what}: {a} != {b}"
+    );
+}
+
+/// Every net figure of a breakdown row is its raw figure less the floor, cell by cell: the
+/// floor's ns/run (in that cell) for each run of netiso's programs, or for a program's ns/run.
+fn check_net(wl: &str, b: &Value, cells: &[Value]) {
+    let path = b["path"].as_str().unwrap();
+    let mine: Vec<&Value> = cells
+        .iter()
+        .filter(|c| c["workload"] == wl && c["path"] == path)
+        .collect();
+    let u = |v: &Value, k: &str| v[k].as_u64().unwrap() as f64;
+    let floor_per_run = |c: &Value| u(&c["floor"], "run_time_ns") / u(&c["floor"], "run_cnt");
+    let progs = |c: &Value| c["progs"].as_array().unwrap().clone();
+    let prog_ns = |c: &Value| progs(c).iter().map(|p| u(p, "run_time_ns")).sum::<f64>();
+    let timing =
+        |c: &Value| floor_per_run(c) * progs(c).iter().map(|p| u(p, "run_cnt")).sum::<f64>();
+    // The workload's CPU: measured, less the floor's own time.
+    let cpu = |c: &Value| {
+        (u(c, "client_usec") + u(c, "server_usec")) * 1000.0 - u(&c["floor"], "run_time_ns")
+    };
+    let ops = |c: &Value| c["ops"].as_f64().unwrap();
+    let pkts = |c: &Value| u(c, "lo_packets");
+    let what = format!("{wl} {path}");
+    let (floor, _, _) = est(&b["floor"]["ns_per_run"], &format!("{what} floor"));
+    assert!(floor > 0.0, "{what}: floor {floor} ns/run");
+    close(floor, mean(mine.iter().map(|c| floor_per_run(c))), &what);
+    for (raw, net, per) in [
+        ("ns_per_op", "ns_per_op_net", &ops as &dyn Fn(&Value) -> f64),
+        ("ns_per_packet", "ns_per_packet_net", &pkts),
+    ] {
+        close(
+            b[raw]["mean"].as_f64().unwrap(),
+            mean(mine.iter().map(|c| prog_ns(c) / per(c))),
+            &format!("{what} {raw}"),
+        );
+        let (n, _, _) = est(&b[net], &format!("{what} {net}"));
+        close(
+            n,
+            mean(mine.iter().map(|c| (prog_ns(c) - timing(c)) / per(c))),
+            &format!("{what} {net}"),
+        );
+        close(
+            n,
+            b[raw]["mean"].as_f64().unwrap() - mean(mine.iter().map(|c| timing(c) / per(c))),
+            &format!("{what} {net}"),
+        );
+    }
+    let (share, _, _) = est(&b["share_net_pct"], &format!("{what} net share"));
+    close(
+        share,
+        mean(
+            mine.iter()
+                .map(|c| 100.0 * (prog_ns(c) - timing(c)) / (cpu(c) - timing(c))),
+        ),
+        &format!("{what} net share"),
+    );
+    close(
+        b["share_pct"]["mean"].as_f64().unwrap(),
+        mean(mine.iter().map(|c| 100.0 * prog_ns(c) / cpu(c))),
+        &format!("{what} share"),
+    );
+    for p in b["programs"].as_array().unwrap() {
+        if p["ns_per_run_net"].is_null() {
+            assert!(p["ns_per_run"].is_null(), "{what}: {p} has no net ns/run");
+            continue;
+        }
+        let name = &p["name"];
+        let ran: Vec<(f64, f64)> = mine
+            .iter()
+            .filter_map(|c| {
+                let d = progs(c).into_iter().find(|x| &x["name"] == name)?;
+                Some((u(&d, "run_time_ns") / u(&d, "run_cnt"), floor_per_run(c)))
+            })
+            .collect();
+        let w = format!("{what} {name}");
+        let (net, _, _) = est(&p["ns_per_run_net"], &w);
+        close(net, mean(ran.iter().map(|(r, f)| r - f)), &w);
+        close(
+            net,
+            p["ns_per_run"]["mean"].as_f64().unwrap() - mean(ran.iter().map(|x| x.1)),
+            &w,
+        );
     }
 }
 
