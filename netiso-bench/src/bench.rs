@@ -17,7 +17,7 @@ use crate::{
     cost, cost_report,
     env::{self, Ctr, PathKind, World},
     load::{ClientResult, Workload},
-    registration, report, sys, tc_cost,
+    registration, report, sys, tc_cost, unix_cost,
 };
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -226,6 +226,10 @@ pub fn run(o: Opts) -> Result<()> {
         };
         tc_cost::measure(&world, extra, repeat, samples)
     });
+    let unix = tc.as_ref().and_then(|t| t.as_ref().ok()).map(|_| {
+        let (rounds, connects) = if plan.quick { (3, 2_000) } else { (15, 20_000) };
+        unix_cost::measure(&world, rounds, connects)
+    });
     // Last, as it leaves tens of thousands of containers registered.
     let registration = match (&r, plan.registrations) {
         (Ok(_), n) if n > 0 => {
@@ -245,6 +249,13 @@ pub fn run(o: Opts) -> Result<()> {
     fs::write(
         o.out.join("tc_cost.json"),
         serde_json::to_string_pretty(&tc)?,
+    )?;
+    let unix = unix.expect("measured after the TC programs")?;
+    let unix_table = unix_cost::table(&unix);
+    fs::write(o.out.join("unix_cost.txt"), &unix_table)?;
+    fs::write(
+        o.out.join("unix_cost.json"),
+        serde_json::to_string_pretty(&unix)?,
     )?;
     let registration = registration.transpose()?;
     let reg_table = registration.as_ref().map(registration::table);
@@ -273,6 +284,7 @@ pub fn run(o: Opts) -> Result<()> {
     charts.extend(cost_report::charts(&cost, &o.out)?);
     println!("{table}");
     println!("{tc_table}");
+    println!("{unix_table}");
     if let Some(t) = &reg_table {
         println!("{t}");
     }

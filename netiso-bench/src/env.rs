@@ -362,6 +362,37 @@ impl World {
         Ok(w)
     }
 
+    /// Registers an enforcing container `name` (a cgroup made under the agent's root) owning
+    /// `ips`; `abstract_unix`: the abstract names it may reach (None: shared with the host).
+    pub fn register(
+        &self,
+        name: &str,
+        ips: &[&str],
+        isolated: bool,
+        abstract_unix: Option<Vec<String>>,
+    ) -> Result<PathBuf> {
+        let cg = self.netiso_root.join(name);
+        fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
+        let ips = ips
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .context("container addresses")?;
+        self.api
+            .add_container(&AddContainer {
+                name: name.to_owned(),
+                cgroup: Some(cg.clone()),
+                pid: None,
+                ips,
+                mode: Mode::Enforce,
+                allow_raw: false,
+                isolated,
+                abstract_unix,
+            })
+            .with_context(|| format!("registering {name}"))?;
+        Ok(cg)
+    }
+
     pub fn ns_path(name: &str) -> PathBuf {
         Path::new("/run/netns").join(name)
     }

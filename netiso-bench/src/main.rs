@@ -12,6 +12,7 @@ mod registration;
 mod report;
 mod sys;
 mod tc_cost;
+mod unix_cost;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,8 @@ enum Cmd {
     Client(load::ClientArgs),
     /// Run a program inside a network namespace and cgroup (for the iperf3/sockperf cross-check).
     Exec(env::ExecArgs),
+    /// connect(2) a unix datagram socket in a loop (started by `run` for the abstract-unix cost).
+    UnixLoop(unix_cost::LoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Server(a) => load::server(a),
         Cmd::Client(a) => load::client(a),
         Cmd::Exec(a) => env::exec(a),
+        Cmd::UnixLoop(a) => unix_cost::unix_loop(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,6 @@ use netiso_testkit::{
     bpf,
     craft::{Packet, Transport, ACK, SYN},
 };
-use netiso_user::api::{AddContainer, Mode};
 use serde::Serialize;
 
 use crate::env::World;
@@ -38,41 +37,14 @@ pub struct TcCost {
     pub cases: Vec<Case>,
 }
 
-fn register(w: &World, name: &str, ips: &[String], isolated: bool) -> Result<()> {
-    let cg = w.netiso_root.join(name);
-    fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
-    let ips = ips
-        .iter()
-        .map(|a| a.parse())
-        .collect::<Result<Vec<_>, _>>()
-        .context("container addresses")?;
-    w.api
-        .add_container(&AddContainer {
-            name: name.to_owned(),
-            cgroup: Some(cg),
-            pid: None,
-            ips,
-            mode: Mode::Enforce,
-            allow_raw: false,
-            isolated,
-            abstract_unix: None,
-        })
-        .with_context(|| format!("registering {name}"))?;
-    Ok(())
-}
-
 /// Registers `extra` containers plus the cases' two, attaches the TC programs to `lo` and
 /// measures.
 pub fn measure(w: &World, extra: usize, repeat: u32, samples: usize) -> Result<TcCost> {
-    register(w, "tc-a", &[A.into()], false)?;
-    register(w, "tc-b", &[B.into()], true)?;
+    w.register("tc-a", &[A], false, None)?;
+    w.register("tc-b", &[B], true, None)?;
     for i in 0..extra {
-        register(
-            w,
-            &format!("tc-x{i}"),
-            &[format!("2001:db8:e::{:x}", i + 1)],
-            false,
-        )?;
+        let ip = format!("2001:db8:e::{:x}", i + 1);
+        w.register(&format!("tc-x{i}"), &[&ip], false, None)?;
     }
     w.api
         .add_iface("lo")

@@ -259,6 +259,23 @@ fn quick_bench_is_sane_and_takes_the_right_routes() {
         "table.txt does not end with the cost section"
     );
     check_cost(&out.0, &cost, &run.sysctl_seen, 5);
+
+    // The abstract-unix program: runs once per connect where attached, never elsewhere.
+    let unix: Value =
+        serde_json::from_str(&fs::read_to_string(out.0.join("unix_cost.json")).unwrap()).unwrap();
+    let cases = unix["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5, "{unix}");
+    for (i, c) in cases.iter().enumerate() {
+        let runs = c["runs_per_connect"].as_f64().unwrap();
+        let want = if i < 2 { 0.0 } else { 1.0 };
+        assert!((runs - want).abs() < 1e-9, "runs per connect: {c}");
+        let cpu = c["cpu_ns"][0].as_f64().unwrap();
+        assert!(cpu.is_finite() && cpu > 0.0, "{c}");
+        assert_eq!(c["prog_ns_per_run"].is_null(), i < 2, "{c}");
+    }
+    assert_eq!(cases[3]["refused"], true);
+    let text = fs::read_to_string(out.0.join("unix_cost.txt")).unwrap();
+    assert!(text.contains("connect_unix"), "{text}");
 }
 
 /// `--cost-only` measures the cost section alone, with its options.
