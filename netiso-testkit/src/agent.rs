@@ -21,6 +21,18 @@ pub struct CliOutput {
 }
 
 impl CliOutput {
+    /// The probe steps among the lines printed (a container running netiso-probe prints one
+    /// JSON line per step).
+    #[track_caller]
+    pub fn steps(&self) -> Vec<crate::Step> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}"))
+            })
+            .collect()
+    }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))

@@ -31,7 +31,7 @@ pub use agent::{Agent, CliOutput};
 pub use cgroups::CgroupTree;
 pub use loops::BindLoop;
 pub use netns::Netns;
-pub use probe::{probe, probe_as, probe_last, As, Background, Step};
+pub use probe::{probe, probe_as, probe_last, served, As, Background, Step};
 pub use runner::{missing_privilege, run_privileged};
 pub use world::World;
 

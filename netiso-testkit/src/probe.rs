@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{probe_bin, Netns};
+use crate::{probe_bin, Netns, World};
 
 /// One step's result as printed by netiso-probe.
 #[derive(Clone, Debug, Deserialize)]
@@ -202,5 +202,22 @@ impl Drop for Background {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a client outside every container (the test's unregistered cgroup) receives from
+/// ADDR over TCP: the server's text, or "error ERRNO" of the failed step.
+pub fn served(w: &World, addr: &str) -> String {
+    let last = probe(
+        &w.ns,
+        &w.host_cgroup(),
+        &["socket tcp4", &format!("connect {addr}"), "recv"],
+    )
+    .pop()
+    .expect("probe printed nothing");
+    if last.ok {
+        last.value.unwrap_or_default()
+    } else {
+        format!("error {}", last.errno.unwrap_or_default())
     }
 }

@@ -6,9 +6,8 @@
 use std::{fs, time::Duration};
 
 use netiso_testkit::{
-    probe,
     runtimes::{Dockerd, RuntimeConfig},
-    unique, wait_until, Background, CliOutput, Step, World,
+    served, unique, wait_until, Background, CliOutput, World,
 };
 
 fn names(w: &World) -> Vec<String> {
@@ -22,32 +21,6 @@ fn names(w: &World) -> Vec<String> {
         .collect();
     n.sort();
     n
-}
-
-#[track_caller]
-fn steps(out: &CliOutput) -> Vec<Step> {
-    out.stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}")))
-        .collect()
-}
-
-/// What an unregistered client in the test's namespace receives from ADDR: the server's
-/// text, or "error ERRNO".
-fn served(w: &World, addr: &str) -> String {
-    let last = probe(
-        &w.ns,
-        &w.host_cgroup(),
-        &["socket tcp4", &format!("connect {addr}"), "recv"],
-    )
-    .pop()
-    .expect("probe printed nothing");
-    if last.ok {
-        last.value.unwrap_or_default()
-    } else {
-        format!("error {}", last.errno.unwrap_or_default())
-    }
 }
 
 /// Starts a detached container `name` serving TEXT on *:8080 with the given `-e` settings
@@ -111,7 +84,7 @@ fn docker_containers_get_their_own_addresses() {
         "bind 192.0.2.11:0",
     ]);
     assert_eq!(
-        steps(&out).last().unwrap().err(),
+        out.steps().last().unwrap().err(),
         "EADDRNOTAVAIL",
         "{out:?}"
     );
@@ -123,7 +96,7 @@ fn docker_containers_get_their_own_addresses() {
         "bind 0.0.0.0:0",
     ]);
     assert!(
-        steps(&out)
+        out.steps()
             .last()
             .unwrap()
             .addr()
@@ -156,7 +129,7 @@ fn docker_containers_get_their_own_addresses() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        steps(&out)
+        out.steps()
             .last()
             .unwrap()
             .addr()
@@ -283,7 +256,7 @@ fn docker_refusals_fail_closed() {
         ],
     );
     assert_eq!(out.code, 0, "{out:?}");
-    let s = steps(&out);
+    let s = out.steps();
     assert_eq!(s[2].addr(), "0.0.0.0:9000", "{out:?}");
     assert_eq!(s.last().unwrap().addr(), "192.0.2.20:9001", "{out:?}");
     assert_eq!(names(&w), vec!["web".to_owned()]);

@@ -6,9 +6,8 @@
 use std::{path::Path, time::Duration};
 
 use netiso_testkit::{
-    probe,
     runtimes::{annotations, remove_v1_cgroups, Podman},
-    unique, wait_until, Background, CliOutput, Step, World,
+    served, unique, wait_until, Background, CliOutput, World,
 };
 
 /// Names of the registered containers.
@@ -31,33 +30,6 @@ fn registry(w: &World) -> Vec<(String, std::path::PathBuf, Vec<std::net::IpAddr>
         .into_iter()
         .map(|c| (c.name, c.cgroup, c.ips))
         .collect()
-}
-
-/// The probe steps a container printed.
-#[track_caller]
-fn steps(out: &CliOutput) -> Vec<Step> {
-    out.stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}")))
-        .collect()
-}
-
-/// What a client outside every container (the test's unregistered cgroup) receives from
-/// ADDR: the server's text, or "error ERRNO" of the failed step.
-fn served(w: &World, addr: &str) -> String {
-    let last = probe(
-        &w.ns,
-        &w.host_cgroup(),
-        &["socket tcp4", &format!("connect {addr}"), "recv"],
-    )
-    .pop()
-    .expect("probe printed nothing");
-    if last.ok {
-        last.value.unwrap_or_default()
-    } else {
-        format!("error {}", last.errno.unwrap_or_default())
-    }
 }
 
 fn server(text: &str) -> Vec<String> {
@@ -131,7 +103,7 @@ fn podman_containers_get_their_own_addresses() {
         "bind 192.0.2.11:0",
     ]);
     assert_eq!(
-        steps(&out).last().unwrap().err(),
+        out.steps().last().unwrap().err(),
         "EADDRNOTAVAIL",
         "{out:?}"
     );
@@ -144,7 +116,7 @@ fn podman_containers_get_their_own_addresses() {
         "bind 0.0.0.0:0",
     ]);
     assert!(
-        steps(&out)
+        out.steps()
             .last()
             .unwrap()
             .addr()
@@ -176,7 +148,7 @@ fn podman_containers_get_their_own_addresses() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        steps(&out)
+        out.steps()
             .last()
             .unwrap()
             .addr()
@@ -428,7 +400,7 @@ fn podman_unannotated_container_is_untouched() {
         ],
     );
     assert_eq!(out.code, 0, "{out:?}");
-    let s = steps(&out);
+    let s = out.steps();
     assert_eq!(s[2].addr(), "0.0.0.0:9000", "{out:?}");
     assert_eq!(s.last().unwrap().addr(), "192.0.2.20:9001", "{out:?}");
     assert!(names(&w).is_empty());

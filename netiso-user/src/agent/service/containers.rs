@@ -455,16 +455,7 @@ impl Service {
 
     pub fn remove_ip(&mut self, name: &str, ip: IpAddr) -> Result<ContainerInfo> {
         let old = self.spec(name)?.clone();
-        if !old.ips.contains(&ip) {
-            return Err(ServiceError::NotFound(format!(
-                "container {name:?} does not own {ip}"
-            )));
-        }
-        if old.ips.len() == 1 {
-            return Err(ServiceError::Conflict(format!(
-                "{ip} is the last address of container {name:?}; remove the container instead"
-            )));
-        }
+        releasable(&old, name, ip)?;
         let mut new = old.clone();
         new.ips.retain(|a| *a != ip);
         let (e_new, e_old) = (entry(&new, &self.reg), entry(&old, &self.reg));
@@ -511,16 +502,7 @@ impl Service {
                 "{ip} already belongs to {from:?}; name two containers"
             )));
         }
-        if !a.ips.contains(&ip) {
-            return Err(ServiceError::NotFound(format!(
-                "container {from:?} does not own {ip}"
-            )));
-        }
-        if a.ips.len() == 1 {
-            return Err(ServiceError::Conflict(format!(
-                "{ip} is the last address of container {from:?}; a container keeps at least one"
-            )));
-        }
+        releasable(&a, from, ip)?;
         if b.ips.len() >= self.limits.addresses_per_container as usize {
             return Err(ServiceError::Full(format!(
                 "container {to:?} already owns {} addresses (--max-addresses-per-container {})",
@@ -764,6 +746,22 @@ pub fn validate_ip(ip: &IpAddr) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Checks that container `name` owns `ip` and keeps another address without it.
+fn releasable(spec: &ContainerSpec, name: &str, ip: IpAddr) -> Result<()> {
+    if !spec.ips.contains(&ip) {
+        return Err(ServiceError::NotFound(format!(
+            "container {name:?} does not own {ip}"
+        )));
+    }
+    if spec.ips.len() == 1 {
+        return Err(ServiceError::Conflict(format!(
+            "{ip} is the last address of container {name:?}; a container keeps at least one \
+             (remove the container instead)"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
