@@ -215,7 +215,9 @@ fn sweep_stale(mount: &Path) {
             sys::remove_cgroup_tree(&e.path());
         }
     }
-    for e in fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+    // Pins, and the agent's state and socket directory.
+    let dirs = [PathBuf::from("/sys/fs/bpf"), std::env::temp_dir()];
+    for e in dirs.iter().flat_map(fs::read_dir).flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if dead(&n) {
             let _ = fs::remove_dir_all(e.path());
