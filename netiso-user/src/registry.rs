@@ -317,6 +317,14 @@ impl Registry {
         from.chain(to).collect()
     }
 
+    /// Whether a deny rule names container `to` as its destination (`except`: leave out the
+    /// rule from that container). Uses the destination index, not a scan of every rule.
+    pub fn denied_by(&self, to: u32, except: Option<u32>) -> bool {
+        self.rules_to
+            .range((to, 0)..=(to, u32::MAX))
+            .any(|&(t, f)| Some(f) != except && !self.rules[&(f, t)])
+    }
+
     pub fn rules(&self) -> impl Iterator<Item = (u32, u32, bool)> + '_ {
         self.rules.iter().map(|(&(f, t), &a)| (f, t, a))
     }
@@ -402,6 +410,25 @@ mod tests {
         assert!(r.owner(&"192.0.2.1".parse().unwrap()).is_none());
         assert_eq!(r.level_window(), Some((3, 3)));
         assert_eq!(r.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn deny_rules_are_found_by_destination() {
+        let mut r = Registry::new();
+        for id in 1..=4 {
+            let ip = format!("192.0.2.{id}");
+            r.insert(spec(id, &format!("c{id}"), &format!("/cg/c{id}"), &[&ip]))
+                .unwrap();
+        }
+        r.set_rule(1, 2, true);
+        r.set_rule(3, 2, false);
+        r.set_rule(2, 4, false);
+        assert!(r.denied_by(2, None));
+        assert!(!r.denied_by(2, Some(3)), "the only deny rule is left out");
+        assert!(r.denied_by(4, Some(3)));
+        assert!(!r.denied_by(1, None));
+        r.set_rule(3, 2, true);
+        assert!(!r.denied_by(2, None));
     }
 
     #[test]

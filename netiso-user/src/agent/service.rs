@@ -96,7 +96,7 @@ pub fn entry(spec: &ContainerSpec, reg: &Registry) -> Entry {
         audit: spec.mode == Mode::Audit,
         allow_raw: spec.allow_raw,
         isolated: spec.isolated,
-        deny_rules: reg.rules().any(|(_, to, allow)| to == spec.id && !allow),
+        deny_rules: reg.denied_by(spec.id, None),
         unix_names: spec.abstract_unix.as_ref().map(|names| {
             names
                 .iter()
@@ -551,7 +551,8 @@ impl Service {
     /// Sets the rule for container `from` reaching container `to`.
     pub fn set_rule(&mut self, req: PolicyRule) -> Result<Vec<PolicyRule>> {
         let from = self.spec(&req.from)?.id;
-        let to = self.spec(&req.to)?.id;
+        let target_spec = self.spec(&req.to)?;
+        let to = target_spec.id;
         if from == to {
             return Err(ServiceError::Invalid(
                 "a container always reaches itself; name two containers".into(),
@@ -571,14 +572,9 @@ impl Service {
         };
         let (f, t) = (ContainerId(from), ContainerId(to));
         // The destination's flags say whether a deny rule names it.
-        let target_spec = self.spec(&req.to)?;
         let before = entry(target_spec, &self.reg);
         let mut target = before.clone();
-        target.deny_rules = !allow
-            || self
-                .reg
-                .rules()
-                .any(|(f2, t2, a2)| t2 == to && f2 != from && !a2);
+        target.deny_rules = !allow || self.reg.denied_by(to, Some(from));
         self.change(
             &[Op::PutRule(from, to, allow)],
             &[undo],
@@ -630,38 +626,25 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no container named {name:?}")))
     }
 
+    /// The next containers whose links the periodic check covers, round robin by name: those
+    /// after the cursor, then from the start (never one twice: at most all of them).
+    fn link_batch(&mut self) -> Vec<Entry> {
+        let n = LINK_CHECK_BATCH.min(self.reg.len());
+        let specs: Vec<&ContainerSpec> = self
+            .reg
+            .iter_after(&self.link_cursor)
+            .chain(self.reg.iter())
+            .take(n)
+            .collect();
+        if let Some(last) = specs.last() {
+            self.link_cursor = last.name.clone();
+        }
+        specs.into_iter().map(|s| entry(s, &self.reg)).collect()
+    }
+
     /// The periodic check (every 30 s by default): programs still attached (repaired when
     /// not), registered cgroups still there (released when not), a store that needs a
     /// rewrite.
-    /// The next containers whose links the periodic check covers, round robin by name.
-    fn link_batch(&mut self) -> Vec<Entry> {
-        let mut batch: Vec<Entry> = self
-            .reg
-            .iter_after(&self.link_cursor)
-            .take(LINK_CHECK_BATCH)
-            .map(|s| entry(s, &self.reg))
-            .collect();
-        if batch.len() < LINK_CHECK_BATCH {
-            let more = LINK_CHECK_BATCH - batch.len();
-            let first: Vec<Entry> = self
-                .reg
-                .iter()
-                .take(more)
-                .filter(|s| batch.iter().all(|e| e.id.0 != s.id))
-                .map(|s| entry(s, &self.reg))
-                .collect();
-            batch.extend(first);
-        }
-        if let Some(last) = batch.last() {
-            self.link_cursor = self
-                .reg
-                .get(last.id.0)
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
-        }
-        batch
-    }
-
     pub fn periodic(&mut self) {
         let batch = self.link_batch();
         let links = self.datapath.check_links(&batch);

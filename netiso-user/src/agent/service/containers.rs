@@ -71,16 +71,20 @@ impl Service {
         }
     }
 
-    /// Checks an address list: bounded first (before any work proportional to it), then
-    /// each address and duplicates in O(n log n).
-    fn check_ips(&self, ips: &[IpAddr]) -> Result<()> {
+    /// Checks the length of an address list, before any work proportional to it.
+    fn check_ip_count(&self, n: usize) -> Result<()> {
         let max = self.limits.addresses_per_container as usize;
-        if ips.len() > max {
+        if n > max {
             return Err(ServiceError::Full(format!(
-                "{} addresses is more than a container may own (--max-addresses-per-container {max})",
-                ips.len()
+                "{n} addresses is more than a container may own (--max-addresses-per-container {max})"
             )));
         }
+        Ok(())
+    }
+
+    /// Checks an address list (its length was checked by [`Self::check_ip_count`]): each
+    /// address, and duplicates in O(n log n).
+    fn check_ips(&self, ips: &[IpAddr]) -> Result<()> {
         if ips.is_empty() {
             return Err(ServiceError::Invalid(
                 "a container needs at least one address (--ip)".into(),
@@ -199,10 +203,6 @@ impl Service {
             .map_err(|e| ServiceError::Invalid(e.to_string()))
     }
 
-    pub fn add(&mut self, req: AddContainer) -> Result<ContainerInfo> {
-        self.add_or_existing(req).map(|(info, _)| info)
-    }
-
     /// Registers a container and says whether it is new. Registration is idempotent: when
     /// exactly this container (name, cgroup, addresses, options) is registered already, it is
     /// returned unchanged (`false`); a registration that differs in anything is refused.
@@ -224,17 +224,14 @@ impl Service {
             return Err(ServiceError::Invalid("the batch is empty".into()));
         }
         // Each list is bounded before anything proportional to it is done.
-        let max = self.limits.addresses_per_container as usize;
-        if let Some((i, r)) = reqs.iter().enumerate().find(|(_, r)| r.ips.len() > max) {
-            let e = ServiceError::Full(format!(
-                "{} addresses is more than a container may own (--max-addresses-per-container {max})",
-                r.ips.len()
-            ));
-            return Err(if reqs.len() == 1 {
-                e
-            } else {
-                prefix(e, &format!("batch entry {}: ", i + 1))
-            });
+        for (i, r) in reqs.iter().enumerate() {
+            if let Err(e) = self.check_ip_count(r.ips.len()) {
+                return Err(if reqs.len() == 1 {
+                    e
+                } else {
+                    prefix(e, &format!("batch entry {}: ", i + 1))
+                });
+            }
         }
         let addresses: usize = reqs.iter().map(|r| r.ips.len()).sum();
         self.check_room(reqs.len(), addresses)?;
@@ -352,7 +349,6 @@ impl Service {
                 let _ = dp.register(&e, false);
             },
         )?;
-        self.stats.sockets_destroyed += early.get() as u64;
         self.reg.remove(id);
         let keys: Vec<(ContainerId, ContainerId)> = rules
             .iter()
@@ -368,16 +364,17 @@ impl Service {
             warn!("narrowing the cgroup levels: {err}");
         }
         self.watch.remove(spec.cgroup_id, &spec.cgroup);
-        self.end_use(&spec, &spec.ips);
+        self.end_use(&spec, &spec.ips, early.get());
         Ok(spec)
     }
 
     /// Destroys the sockets of `spec`'s cgroup subtree that still use one of `ips` as
     /// their local address once the addresses left it: those created while the change was
-    /// being applied (the first pass ran before the commit point).
-    fn end_use(&mut self, spec: &ContainerSpec, ips: &[IpAddr]) {
+    /// being applied (the first pass, which destroyed `early` sockets, ran before the commit
+    /// point). Counts both passes.
+    fn end_use(&mut self, spec: &ContainerSpec, ips: &[IpAddr], early: usize) {
         let n = destroy_sockets(&spec.name, ips, &container_cgroups(spec));
-        self.stats.sockets_destroyed += n as u64;
+        self.stats.sockets_destroyed += (early + n) as u64;
     }
 
     /// Saves and applies a changed spec (mode or added addresses).
@@ -481,7 +478,7 @@ impl Service {
         self.reg
             .insert(new)
             .expect("validated against the registry");
-        self.end_use(&old, &[ip]);
+        self.end_use(&old, &[ip], early.get());
         info!("container {name}: revoked {ip}");
         self.info(id)
     }
@@ -540,11 +537,10 @@ impl Service {
                 let _ = dp.register(&eb, false);
             },
         )?;
-        self.stats.sockets_destroyed += early.get() as u64;
         // Two steps in memory: the address leaves a, then joins b.
         self.reg.insert(a2).expect("validated");
         self.reg.insert(b2).expect("validated");
-        self.end_use(&a, &[ip]);
+        self.end_use(&a, &[ip], early.get());
         info!("moved {ip} from container {from} to {to}");
         Ok((self.info(a.id)?, self.info(b.id)?))
     }
