@@ -233,8 +233,7 @@ impl Datapath {
         for name in FORMER_ROOT {
             let pin = links.join(name);
             if pin.exists() {
-                // Unpinning the last reference to a link detaches it.
-                fs::remove_file(&pin).map_err(io_err("unpinning", &pin))?;
+                super::detach_link(&pin)?;
                 info!("detached {name} from the cgroup root: it is attached per container now");
             }
         }
@@ -255,34 +254,38 @@ impl Datapath {
             let state = self.checked(name, attach_type, &links.join(name), &root, root_id);
             out.push((name, state));
         }
-        let unix: Vec<(&'static str, u32)> = if self.unix.is_ok() {
-            crate::datapath::UNIX_PROGRAMS.to_vec()
+        let unix: &[(&'static str, u32)] = if self.unix.is_ok() {
+            &crate::datapath::UNIX_PROGRAMS
         } else {
-            Vec::new()
+            &[]
         };
-        for (name, attach_type) in PER_CONTAINER.iter().chain(&unix) {
+        // Containers with a re-made link: a new attachment has empty storage.
+        let mut refresh = std::collections::HashSet::new();
+        for (name, attach_type) in PER_CONTAINER.iter().chain(unix) {
+            let unix_prog = unix.iter().any(|(n, _)| n == name);
             let mut worst = LinkState::Attached;
             for e in containers {
-                let unix_prog = unix.iter().any(|(n, _)| n == name);
                 if unix_prog && e.unix_names.is_none() {
                     continue;
                 }
                 let pin = self.container_pin(name, e.cgroup_id);
                 let state = self.checked(name, *attach_type, &pin, &e.cgroup, e.cgroup_id);
                 if state != LinkState::Attached {
-                    // A new attachment has empty storage: write the container again.
-                    if let Err(err) = self.refresh_container(e) {
-                        error!(
-                            "writing container {} into the storage of {name}: {err}",
-                            e.id.0
-                        );
-                    }
+                    refresh.insert(e.id);
                 }
                 if state == LinkState::Broken || worst == LinkState::Attached {
                     worst = state;
                 }
             }
             out.push((*name, worst));
+        }
+        for e in containers.iter().filter(|e| refresh.contains(&e.id)) {
+            if let Err(err) = self.refresh_container(e) {
+                error!(
+                    "writing container {} into the storage of its programs: {err}",
+                    e.id.0
+                );
+            }
         }
         out
     }
@@ -341,12 +344,7 @@ impl Datapath {
                 _ => "its link was detached",
             },
         };
-        match fs::remove_file(pin) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("unpinning", pin)(e))
-            }
-            _ => {}
-        }
+        super::detach_link(pin)?;
         let dir = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
         let link = raw_bpf::link_create(prog.as_fd(), dir.as_fd(), attach_type)
             .map_err(io_err("attaching program to cgroup", pin))?;

@@ -20,7 +20,7 @@ use netiso_common::{
 
 use super::{Datapath, DatapathError, Entry};
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
@@ -291,6 +291,17 @@ impl Datapath {
     /// `fresh`: a new registration, whose counters start at zero (an id may have been used by
     /// a container removed long ago).
     pub fn register(&mut self, e: &Entry, fresh: bool) -> Result<(), DatapathError> {
+        self.register_entry(e, fresh, true)
+    }
+
+    /// [`Self::register`]; `prune_unix`: remove the container's abstract names no longer
+    /// listed now (reconcile prunes once for all containers instead).
+    fn register_entry(
+        &mut self,
+        e: &Entry,
+        fresh: bool,
+        prune_unix: bool,
+    ) -> Result<(), DatapathError> {
         for ip in &e.ips {
             self.grant(*ip, e.id)?;
         }
@@ -331,7 +342,7 @@ impl Datapath {
         let mut cgroups = self.hash(maps::CONTAINERS)?;
         let r = update(|| cgroups.insert(e.cgroup_id, value, 0));
         r.map_err(|err| self.map_error(maps::CONTAINERS, err))?;
-        self.attach_packet_programs(e)
+        self.attach_packet_programs(e, prune_unix)
     }
 
     /// The error for a full map, naming the limit.
@@ -590,10 +601,10 @@ impl Datapath {
                         },
                     );
                 }
-                self.register(e, false)?;
+                self.register_entry(e, false, false)?;
             } else {
                 // Adopts its per-container links (switching them to this agent's programs).
-                self.attach_packet_programs(e)?;
+                self.attach_packet_programs(e, false)?;
             }
         }
         // Out: stale cgroups first (they free their processes), then ids and addresses.
@@ -614,7 +625,10 @@ impl Datapath {
             maps::CONTAINERS,
         )?;
         self.prune_packet_programs(&keep_cg)?;
-        self.prune_unix_names(|k| !keep_id.contains(&k.container))?;
+        // Names of unknown containers and names no longer listed, after every attachment.
+        let listed: HashSet<UnixName> =
+            entries.iter().flat_map(super::unix::listed_names).collect();
+        self.prune_unix_names(|k| !listed.contains(k))?;
         self.prune_receivers(|id| keep_id.contains(&id))?;
         for (id, _) in &before.ids {
             if !keep_id.contains(id) {

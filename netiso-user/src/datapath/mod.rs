@@ -280,8 +280,11 @@ impl Datapath {
             let dir = bpffs.join(sub);
             if let Ok(entries) = fs::read_dir(&dir) {
                 for e in entries.flatten() {
-                    // Unpinning the last reference to a link detaches it.
-                    fs::remove_file(e.path()).map_err(io_err("unpinning", &e.path()))?;
+                    if sub == "links" {
+                        detach_link(&e.path())?;
+                    } else {
+                        fs::remove_file(e.path()).map_err(io_err("unpinning", &e.path()))?;
+                    }
                     removed.push(e.path());
                 }
             }
@@ -295,14 +298,36 @@ impl Datapath {
     }
 }
 
+/// Removes a pin; one already gone is fine.
+fn unpin(pin: &Path) -> Result<(), DatapathError> {
+    match fs::remove_file(pin) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("unpinning", pin)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Detaches a pinned link at once and removes its pin; one already gone is fine. (Removing
+/// the pin alone would leave the program running until the kernel's deferred release.)
+fn detach_link(pin: &Path) -> Result<(), DatapathError> {
+    match raw_bpf::obj_get(pin) {
+        Ok(link) => {
+            // A link that is detached already (its cgroup or interface gone) says so; the
+            // pin still goes.
+            if let Err(e) = raw_bpf::link_detach(std::os::fd::AsFd::as_fd(&link)) {
+                log::debug!("detaching {}: {e}", pin.display());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("opening pinned link", pin)(e)),
+    }
+    unpin(pin)
+}
+
 /// Replaces the pin of a loaded program under `progs/` (tests and benchmarks run the agent's
 /// programs from there with BPF_PROG_TEST_RUN; `bpftool prog show pinned` finds them).
 fn pin_program(ebpf: &mut Ebpf, name: &'static str, progs: &Path) -> Result<(), DatapathError> {
     let pin = progs.join(name);
-    match fs::remove_file(&pin) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("unpinning", &pin)(e)),
-        _ => {}
-    }
+    unpin(&pin)?;
     let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
         name,
         source: ProgramError::UnexpectedProgramType,

@@ -24,15 +24,13 @@ use netiso_common::{maps, Container, PacketCounters};
 
 use super::{
     attach::{self, PER_CONTAINER, WITH_STORAGE},
-    io_err, program_err, Datapath, DatapathError, Entry,
+    io_err,
+    maps::map_err,
+    program_err, Datapath, DatapathError, Entry,
 };
 
 /// Pins of per-container links start with this; the rest is `<direction>@<cgroup id>`.
 pub(super) const PIN_PREFIX: &str = "cg-";
-
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
 
 impl Datapath {
     /// The pin of a per-container link (also of the abstract-unix programs).
@@ -59,9 +57,9 @@ impl Datapath {
     /// Writes the container into the storage of its attachments again (after one of its
     /// links was re-made: a new attachment starts with empty storage).
     pub(super) fn refresh_container(&mut self, e: &Entry) -> Result<(), DatapathError> {
-        self.write_container(e.cgroup_id, &e.value())?;
+        self.write_container(e.cgroup_id, &e.value(), &WITH_STORAGE)?;
         if e.unix_names.is_some() {
-            self.write_unix_container(e.cgroup_id, &e.value())?;
+            self.write_container(e.cgroup_id, &e.value(), &super::unix::ATTACH_TYPES)?;
         }
         Ok(())
     }
@@ -75,8 +73,12 @@ impl Datapath {
     /// Makes the container's packet programs run for its cgroup: attaches them, or adopts the
     /// links an earlier agent pinned (switching them to this agent's programs), once per agent;
     /// then writes the container into their storage.
-    /// The abstract-unix programs follow the same path (see `unix`).
-    pub(super) fn attach_packet_programs(&mut self, e: &Entry) -> Result<(), DatapathError> {
+    /// The abstract-unix programs follow the same path (see `unix`; `prune_unix` as there).
+    pub(super) fn attach_packet_programs(
+        &mut self,
+        e: &Entry,
+        prune_unix: bool,
+    ) -> Result<(), DatapathError> {
         let first = !self.attached.contains(&e.cgroup_id);
         if first {
             for (name, attach_type) in PER_CONTAINER {
@@ -84,8 +86,8 @@ impl Datapath {
                 self.link_packet_program(name, attach_type, &e.cgroup, &pin)?;
             }
         }
-        self.write_container(e.cgroup_id, &e.value())?;
-        self.sync_unix(e, first)?;
+        self.write_container(e.cgroup_id, &e.value(), &WITH_STORAGE)?;
+        self.sync_unix(e, first, prune_unix)?;
         self.attached.insert(e.cgroup_id);
         Ok(())
     }
@@ -110,12 +112,17 @@ impl Datapath {
         attach::attach(name, prog, attach_type, &dir, pin)
     }
 
-    /// Writes the container into the storage of the programs that read it.
-    fn write_container(&mut self, cgroup_id: u64, value: &Container) -> Result<(), DatapathError> {
+    /// Writes the container into the storage of its attachments of `attach_types`.
+    pub(super) fn write_container(
+        &mut self,
+        cgroup_id: u64,
+        value: &Container,
+        attach_types: &[u32],
+    ) -> Result<(), DatapathError> {
         let m = self.ebpf.map_mut(maps::CG_INFO).expect("CG_INFO map");
         let mut storage: CgroupStorage<&mut MapData, Container> =
             CgroupStorage::try_from(m).map_err(map_err(maps::CG_INFO))?;
-        for attach_type in &WITH_STORAGE {
+        for attach_type in attach_types {
             storage
                 .insert(CgroupStorageKey::new(cgroup_id, *attach_type), value, 0)
                 .map_err(map_err(maps::CG_INFO))?;
@@ -123,17 +130,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches a container's packet programs (unpinning the last reference to a link
-    /// detaches it); its storage goes with them.
+    /// Detaches a container's packet programs; their storage goes with them.
     pub(super) fn detach_packet_programs(&mut self, cgroup_id: u64) -> Result<(), DatapathError> {
         for (name, _) in PER_CONTAINER {
-            let pin = self.skb_pin(name, cgroup_id);
-            match fs::remove_file(&pin) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_err("unpinning", &pin)(e))
-                }
-                _ => {}
-            }
+            super::detach_link(&self.skb_pin(name, cgroup_id))?;
         }
         self.detach_unix(cgroup_id)?;
         self.attached.remove(&cgroup_id);

@@ -17,6 +17,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr`, as 64-bit words: large enough for every command used here.
 type Attr = [u64; 16];
@@ -90,6 +91,16 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     // struct { u32 link_fd; u32 new_prog_fd; u32 flags; u32 old_prog_fd; }
     attr[0] = u64::from(link.as_raw_fd() as u32) | (u64::from(prog.as_raw_fd() as u32) << 32);
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Gap: aya detaches only the links it holds itself, not a pinned one opened by path.
+/// Detaches a link at once: dropping its last reference (removing its pin) would release it
+/// only later, in the kernel's deferred work.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::default();
+    // struct { u32 link_fd; }
+    attr[0] = u64::from(link.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
 /// `struct bpf_link_info` as 64-bit words: word 0 = type | id << 32, word 1 = prog_id, then

@@ -161,14 +161,7 @@ impl Datapath {
     /// Detaches both programs from `iface` (also when the interface no longer exists).
     pub fn detach_iface(&self, iface: &str) -> Result<(), DatapathError> {
         for (_, direction, _) in TC_PROGRAMS {
-            let pin = self.tc_pin(iface, direction);
-            // The pin holds the only reference to the link: removing it detaches.
-            match fs::remove_file(&pin) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_err("unpinning", &pin)(e))
-                }
-                _ => {}
-            }
+            super::detach_link(&self.tc_pin(iface, direction))?;
         }
         info!("detached from {iface}");
         Ok(())

@@ -6,10 +6,6 @@
 //! aya 0.14 has no unix attach types, so these two are loaded here: parsed from the same
 //! object with aya-obj (aya's own ELF parser), their map references pointed at the maps aya
 //! created, and loaded with the raw bpf call for their attach types.
-#![expect(
-    deprecated,
-    reason = "attachment-local cgroup storage, see netiso-ebpf's maps"
-)]
 
 use std::{
     collections::HashSet,
@@ -19,17 +15,19 @@ use std::{
 };
 
 use aya::{
-    maps::{CgroupStorage, CgroupStorageKey, HashMap, Map, MapData},
+    maps::{HashMap, Map, MapData},
     Ebpf,
 };
 use log::debug;
-use netiso_common::{maps, Container, UnixName};
+use netiso_common::{maps, UnixName};
 
 use super::{io_err, raw_bpf, Datapath, DatapathError, Entry, OBJECT};
 
 /// The programs, their attach types (BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG) and
 /// the name of their link pins.
 pub const UNIX_PROGRAMS: [(&str, u32); 2] = [("connect_unix", 49), ("sendmsg_unix", 50)];
+/// Their attach types, which key their storage.
+pub(super) const ATTACH_TYPES: [u32; 2] = [UNIX_PROGRAMS[0].1, UNIX_PROGRAMS[1].1];
 /// BPF_PROG_TYPE_CGROUP_SOCK_ADDR
 const PROG_TYPE: u32 = 18;
 pub(super) const PIN_PREFIX: &str = "unix-";
@@ -101,17 +99,20 @@ pub(super) fn load(ebpf: &Ebpf, progs: &Path) -> Result<UnixPrograms, DatapathEr
         let fd = raw_bpf::prog_load(PROG_TYPE, *attach_type, insns, name)
             .map_err(|e| load_err(name)(e.to_string()))?;
         let pin = progs.join(name);
-        match fs::remove_file(&pin) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_err("unpinning", &pin)(e))
-            }
-            _ => {}
-        }
+        super::unpin(&pin)?;
         raw_bpf::obj_pin(fd.as_fd(), &pin).map_err(io_err("pinning program at", &pin))?;
         fds.push(fd);
     }
     let [connect, sendmsg]: [OwnedFd; 2] = fds.try_into().expect("two programs");
     Ok(UnixPrograms([connect, sendmsg]))
+}
+
+/// The names a container may reach, as map keys.
+pub(super) fn listed_names(e: &Entry) -> impl Iterator<Item = UnixName> + '_ {
+    e.unix_names
+        .iter()
+        .flatten()
+        .filter_map(|n| UnixName::new(e.id, n))
 }
 
 impl Datapath {
@@ -131,27 +132,30 @@ impl Datapath {
     /// Restricts the container's abstract unix sockets to its listed names, or lifts the
     /// restriction. The names are written before the programs are attached, so a restricted
     /// container never misses one; names no longer listed go last.
-    /// `adopt`: switch links an earlier agent pinned to this agent's programs.
-    pub(super) fn sync_unix(&mut self, e: &Entry, adopt: bool) -> Result<(), DatapathError> {
-        let wanted: HashSet<UnixName> = e
-            .unix_names
-            .iter()
-            .flatten()
-            .filter_map(|n| UnixName::new(e.id, n))
-            .collect();
+    /// `adopt`: switch links an earlier agent pinned to this agent's programs. `prune`: remove
+    /// its names no longer listed (a scan of the whole map; reconcile prunes once for all).
+    pub(super) fn sync_unix(
+        &mut self,
+        e: &Entry,
+        adopt: bool,
+        prune: bool,
+    ) -> Result<(), DatapathError> {
+        let wanted: HashSet<UnixName> = listed_names(e).collect();
         let mut allow: HashMap<&mut MapData, UnixName, u32> = self.hash(maps::UNIX_ALLOW)?;
         for k in &wanted {
-            allow.insert(k, 1, 0).map_err(|source| DatapathError::Map {
-                name: maps::UNIX_ALLOW,
-                source,
-            })?;
+            allow
+                .insert(k, 1, 0)
+                .map_err(super::maps::map_err(maps::UNIX_ALLOW))?;
         }
         if e.unix_names.is_some() {
             self.attach_unix(e, adopt)?;
         } else {
             self.detach_unix(e.cgroup_id)?;
         }
-        self.prune_unix_names(|k| k.container == e.id && !wanted.contains(k))
+        if prune {
+            self.prune_unix_names(|k| k.container == e.id && !wanted.contains(k))?;
+        }
+        Ok(())
     }
 
     fn attach_unix(&mut self, e: &Entry, adopt: bool) -> Result<(), DatapathError> {
@@ -168,10 +172,7 @@ impl Datapath {
             let pin = self.unix_pin(name, e.cgroup_id);
             if pin.exists() {
                 if adopt {
-                    let link =
-                        raw_bpf::obj_get(&pin).map_err(io_err("opening pinned link", &pin))?;
-                    raw_bpf::link_update(link.as_fd(), prog.as_fd())
-                        .map_err(io_err("updating pinned link", &pin))?;
+                    super::attach::adopt(name, prog.as_fd(), &pin)?;
                 }
                 continue;
             }
@@ -185,29 +186,7 @@ impl Datapath {
             raw_bpf::obj_pin(link.as_fd(), &pin).map_err(io_err("pinning link", &pin))?;
             debug!("attached {name} to {}", e.cgroup.display());
         }
-        self.write_unix_container(e.cgroup_id, &e.value())
-    }
-
-    pub(super) fn write_unix_container(
-        &mut self,
-        cgroup_id: u64,
-        value: &Container,
-    ) -> Result<(), DatapathError> {
-        let m = self.ebpf.map_mut(maps::CG_INFO).expect("CG_INFO map");
-        let mut storage: CgroupStorage<&mut MapData, Container> = CgroupStorage::try_from(m)
-            .map_err(|source| DatapathError::Map {
-                name: maps::CG_INFO,
-                source,
-            })?;
-        for (_, attach_type) in UNIX_PROGRAMS {
-            storage
-                .insert(CgroupStorageKey::new(cgroup_id, attach_type), value, 0)
-                .map_err(|source| DatapathError::Map {
-                    name: maps::CG_INFO,
-                    source,
-                })?;
-        }
-        Ok(())
+        self.write_container(e.cgroup_id, &e.value(), &ATTACH_TYPES)
     }
 
     /// The cgroups whose abstract-unix programs are attached (by their link pins).
@@ -231,13 +210,7 @@ impl Datapath {
     /// Detaches a container's abstract-unix programs, if attached.
     pub(super) fn detach_unix(&mut self, cgroup_id: u64) -> Result<(), DatapathError> {
         for (name, _) in UNIX_PROGRAMS {
-            let pin = self.unix_pin(name, cgroup_id);
-            match fs::remove_file(&pin) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_err("unpinning", &pin)(e))
-                }
-                _ => {}
-            }
+            super::detach_link(&self.unix_pin(name, cgroup_id))?;
         }
         Ok(())
     }
@@ -256,12 +229,7 @@ impl Datapath {
         for k in gone {
             match allow.remove(&k) {
                 Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
-                Err(source) => {
-                    return Err(DatapathError::Map {
-                        name: maps::UNIX_ALLOW,
-                        source,
-                    })
-                }
+                Err(e) => return Err(super::maps::map_err(maps::UNIX_ALLOW)(e)),
             }
         }
         Ok(())
