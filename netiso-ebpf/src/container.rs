@@ -42,13 +42,12 @@ pub fn of_skb_or_cgroup(skb: *mut __sk_buff) -> Option<Container> {
     }
     // SAFETY: `skb` is the program's own context pointer.
     among_ancestors(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) })
-        .map(|(_, c)| c)
 }
 
 /// The registered cgroup among the ancestors `ancestor(level)` returns (0 past the deepest
 /// level), walking only the levels where containers are registered.
 #[inline(always)]
-fn among_ancestors(ancestor: impl Fn(i32) -> u64) -> Option<(u64, Container)> {
+fn among_ancestors(ancestor: impl Fn(i32) -> u64) -> Option<Container> {
     let (min, max) = (
         maps::config(config::MIN_LEVEL),
         maps::config(config::MAX_LEVEL),
@@ -64,7 +63,7 @@ fn among_ancestors(ancestor: impl Fn(i32) -> u64) -> Option<(u64, Container)> {
             break;
         }
         if let Some(c) = maps::container_of_cgroup(id) {
-            return Some((id, c));
+            return Some(c);
         }
         i += 1;
     }

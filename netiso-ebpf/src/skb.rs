@@ -12,7 +12,7 @@
 //! - `guard`, ingress at the cgroup root: the loop-back copy of a container's broadcast or
 //!   multicast, made before egress ran, has no socket but carries the sender's mark; a copy
 //!   whose source the sender does not own never reaches any local socket.
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext, EbpfContext};
+use aya_ebpf::{bindings::__sk_buff, macros::cgroup_skb, programs::SkBuffContext, EbpfContext};
 use netiso_common::{
     abi::container_of_mark,
     counter,
@@ -144,7 +144,7 @@ fn fast_path(ctx: &SkBuffContext, c: &Container, dir: Direction) -> bool {
 /// A UDP socket autobound to the wildcard (sendto() without bind()) can receive replies, and
 /// socket lookup must know it: one that is not connected and not registered yet.
 #[inline(always)]
-fn needs_registering(skb: *mut aya_ebpf::bindings::__sk_buff) -> bool {
+fn needs_registering(skb: *mut __sk_buff) -> bool {
     let ctx::SkbSocket::Full(sk) = ctx::skb_socket(skb) else {
         return false;
     };
@@ -229,15 +229,23 @@ fn register_autobound(ctx: &SkBuffContext, c: &Container) {
     );
 }
 
+/// The container that sent `skb`, when it is the loop-back copy of a container's broadcast
+/// or multicast (it has no socket; the mark set at the socket's creation tells the sender).
+/// Anything else costs two context reads.
+#[inline(always)]
+pub fn loopback_sender(skb: *mut __sk_buff) -> Option<Container> {
+    let (mark, pkt_type) = ctx::skb_mark_and_type(skb);
+    if pkt_type != PACKET_LOOPBACK {
+        return None;
+    }
+    container_of_mark(mark).and_then(maps::container_of_id)
+}
+
 /// At the cgroup root: the loop-back copy of a container's broadcast or multicast. Everything
 /// else leaves after two context reads.
 #[cgroup_skb(ingress)]
 pub fn guard(ctx: SkBuffContext) -> i32 {
-    let (mark, pkt_type) = ctx::skb_mark_and_type(ctx::skb(&ctx));
-    if pkt_type != PACKET_LOOPBACK {
-        return PASS;
-    }
-    let Some(sender) = container_of_mark(mark).and_then(maps::container_of_id) else {
+    let Some(sender) = loopback_sender(ctx::skb(&ctx)) else {
         return PASS;
     };
     if container::disabled() {

@@ -3,16 +3,13 @@
 //! the stack spends work on a packet, and drop what container sockets send from addresses
 //! their container does not own (also from AF_PACKET sockets, which no socket hook sees).
 use aya_ebpf::{macros::classifier, programs::TcContext, EbpfContext};
-use netiso_common::{abi::container_of_mark, counter, packet::Kind, policy, ContainerId};
+use netiso_common::{counter, packet::Kind, policy, ContainerId};
 
 use crate::{
     container::{self, Maps},
-    ctx, maps, packet, skb,
+    maps, packet, skb,
     verdict::{self, Packet, Subject, Traffic},
 };
-
-/// `skb->pkt_type` of the copy `dev_loopback_xmit` makes of a multicast or broadcast.
-const PACKET_LOOPBACK: u32 = 5;
 
 /// TCX verdicts. netiso never says "pass": what it lets through goes on to the next program
 /// on the interface (or the stack), so it composes with other TC users.
@@ -56,12 +53,8 @@ fn try_ingress(ctx: &TcContext) -> Packet {
     // The loop-back copy of a container's broadcast or multicast skipped egress (see `skb`);
     // here it is also stopped on its way to the kernel's own ICMP. It has no link-layer
     // header: the packet starts at IP.
-    let (mark, pkt_type) = ctx::skb_mark_and_type(ctx.skb.skb);
-    if pkt_type == PACKET_LOOPBACK {
-        if let Some(sender) = container_of_mark(mark).and_then(maps::container_of_id) {
-            return skb::foreign_copy(&sender, &packet::from_ip(&ctx.skb))
-                .unwrap_or(Packet::NotOurs);
-        }
+    if let Some(sender) = skb::loopback_sender(ctx.skb.skb) {
+        return skb::foreign_copy(&sender, &packet::from_ip(&ctx.skb)).unwrap_or(Packet::NotOurs);
     }
     let h = packet::from_frame(&ctx.skb);
     if !h.is_ip() {
