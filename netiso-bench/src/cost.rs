@@ -66,11 +66,11 @@ pub struct ProbeArgs {
 
 /// A program's statistics at one instant.
 #[derive(Clone, Debug)]
-struct ProgStat {
-    id: u32,
-    kind: String,
-    run_time_ns: u64,
-    run_cnt: u64,
+pub(crate) struct ProgStat {
+    pub(crate) id: u32,
+    pub(crate) kind: String,
+    pub(crate) run_time_ns: u64,
+    pub(crate) run_cnt: u64,
 }
 
 /// The counters at one edge of the window.
@@ -242,25 +242,25 @@ fn list_pins(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 fn read_progs(pins: &[(String, PathBuf)]) -> Result<BTreeMap<String, ProgStat>> {
     pins.iter()
-        .map(|(name, p)| {
-            let i = aya::programs::ProgramInfo::from_pin(p)
-                .with_context(|| format!("reading the program pinned at {}", p.display()))?;
-            let kind = format!("{:?}", i.program_type());
-            let kind = kind
-                .strip_prefix("BPF_PROG_TYPE_")
-                .unwrap_or(&kind)
-                .to_lowercase();
-            Ok((
-                name.clone(),
-                ProgStat {
-                    id: i.id(),
-                    kind,
-                    run_time_ns: i.run_time().as_nanos() as u64,
-                    run_cnt: i.run_count(),
-                },
-            ))
-        })
+        .map(|(name, p)| Ok((name.clone(), prog_stat(p)?)))
         .collect()
+}
+
+/// The statistics of the program pinned at `pin`, now.
+pub(crate) fn prog_stat(pin: &Path) -> Result<ProgStat> {
+    let i = aya::programs::ProgramInfo::from_pin(pin)
+        .with_context(|| format!("reading the program pinned at {}", pin.display()))?;
+    let kind = format!("{:?}", i.program_type());
+    let kind = kind
+        .strip_prefix("BPF_PROG_TYPE_")
+        .unwrap_or(&kind)
+        .to_lowercase();
+    Ok(ProgStat {
+        id: i.id(),
+        kind,
+        run_time_ns: i.run_time().as_nanos() as u64,
+        run_cnt: i.run_count(),
+    })
 }
 
 /// rx packets on `lo` and on every other interface of the caller's network namespace
@@ -391,22 +391,21 @@ pub fn op_unit(wl: Workload) -> &'static str {
     }
 }
 
-/// Run-time statistics of BPF programs, on while the descriptor is held.
-struct StatsSwitch(Option<OwnedFd>);
+/// Enables run-time statistics of BPF programs: on while the returned descriptor is held.
+pub(crate) fn enable_run_time_stats() -> Result<OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
+        anyhow::anyhow!(
+            "enabling BPF run-time statistics (BPF_ENABLE_STATS, needs CAP_SYS_ADMIN and Linux 5.8+): {e}"
+        )
+    })
+}
 
-impl StatsSwitch {
-    fn set(&mut self, on: bool) -> Result<()> {
-        if on && self.0.is_none() {
-            let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
-                anyhow::anyhow!(
-                    "enabling BPF run-time statistics (BPF_ENABLE_STATS, needs CAP_SYS_ADMIN and Linux 5.8+): {e}"
-                )
-            })?;
-            self.0 = Some(fd);
-        } else if !on {
-            self.0 = None;
-        }
-        Ok(())
+/// The share of the workload's CPU netiso's programs may take (target, %).
+pub fn share_limit(wl: Workload) -> f64 {
+    if matches!(wl, Workload::Stream | Workload::Rr) {
+        1.0
+    } else {
+        2.0
     }
 }
 
@@ -607,21 +606,13 @@ fn run_rounds(
     floor: &Floor,
 ) -> Result<(Vec<Cell>, Vec<ProgMeta>)> {
     let progs_dir = Path::new("/sys/fs/bpf").join(&w.id).join("progs");
-    let programs = list_pins(&progs_dir)?
+    let programs: Vec<ProgMeta> = read_progs(&list_pins(&progs_dir)?)?
         .into_iter()
-        .map(|(name, p)| {
-            let kind = read_progs(&[(name.clone(), p)])?
-                .into_values()
-                .next()
-                .map(|s| s.kind)
-                .unwrap_or_default();
-            Ok(ProgMeta { name, kind })
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|(name, s)| ProgMeta { name, kind: s.kind })
+        .collect();
     let cpus = allowed_cpus()?;
     let total = plan.rounds * WORKLOADS.len() * CostPath::ALL.len();
     let pb = crate::bench::progress(total as u64);
-    let mut stats = StatsSwitch(None);
     let mut cells = Vec::with_capacity(total);
     for round in 0..plan.rounds {
         let cpu = plan.pin.then(|| cpus[round % cpus.len()]);
@@ -643,7 +634,11 @@ fn run_rounds(
                 } else {
                     Vec::new()
                 };
-                stats.set(path.stats())?;
+                let stats = if path.stats() {
+                    Some(enable_run_time_stats()?)
+                } else {
+                    None
+                };
                 let c = cell(
                     w,
                     rig,
@@ -654,7 +649,7 @@ fn run_rounds(
                     &[&progs_dir, floor.dir()],
                     cpu,
                 );
-                stats.set(false)?;
+                drop(stats);
                 drop(links);
                 cells.push(c?);
                 pb.inc(1);
@@ -1421,11 +1416,7 @@ fn workload_targets(wl: Workload, paths: &[PathCost], bd: &[Breakdown]) -> Vec<T
     let mut v = Vec::new();
     let netiso = bd.iter().find(|b| b.path == CostPath::NetisoStats);
     let free = bd.iter().find(|b| b.path == CostPath::NoContainerStats);
-    let limit = if matches!(wl, Workload::Stream | Workload::Rr) {
-        1.0
-    } else {
-        2.0
-    };
+    let limit = share_limit(wl);
     v.push(target(
         "netiso's programs take at most this share of the workload's CPU (net of timing)",
         name.into(),

@@ -9,7 +9,7 @@ use anyhow::Result;
 use plotters::prelude::*;
 
 use crate::{
-    cost::{wl_name, Breakdown, CostPath, CostReport, Est, Verdict},
+    cost::{share_limit, wl_name, Breakdown, CostPath, CostReport, Est, Verdict},
     env::PathKind,
     load::Workload,
     report::{self, TEXT},
@@ -102,22 +102,22 @@ pub fn table(c: &CostReport) -> String {
     for w in &c.workloads {
         let unit = &w.unit;
         let _ = writeln!(t, "\n{} (per {unit})", wl_name(w.workload));
-        let _ = writeln!(
-            t,
-            "  {:<26} {:>26} {:>26} {:>26}",
-            format!("path"),
-            format!("CPU us/{unit}"),
-            "/ host",
-            "/ veth+bridge"
+        let path_row = |t: &mut String, c: [&str; 4]| {
+            let _ = writeln!(t, "  {:<26} {:>26} {:>26} {:>26}", c[0], c[1], c[2], c[3]);
+        };
+        path_row(
+            &mut t,
+            ["path", &format!("CPU us/{unit}"), "/ host", "/ veth+bridge"],
         );
         for p in &w.paths {
-            let _ = writeln!(
-                t,
-                "  {:<26} {:>26} {:>26} {:>26}",
-                p.path.label(),
-                fmt_est(&p.cpu_us_per_op),
-                opt(p.vs_host.as_ref()),
-                opt(p.vs_bridge.as_ref())
+            path_row(
+                &mut t,
+                [
+                    p.path.label(),
+                    &fmt_est(&p.cpu_us_per_op),
+                    &opt(p.vs_host.as_ref()),
+                    &opt(p.vs_bridge.as_ref()),
+                ],
             );
         }
         if let Some(o) = &w.stats_overhead {
@@ -128,35 +128,51 @@ pub fn table(c: &CostReport) -> String {
             );
         }
         let per = if unit == "MB" { "MB" } else { "op" };
-        let _ = writeln!(
-            t,
-            "  {:<14} {:<14} {:>26} {:>26} {:>22} {:>8}",
-            "netiso's",
-            "programs",
-            format!("ns/{unit}"),
-            "share of CPU %",
-            "ns/packet",
-            format!("pkts/{per}")
-        );
-        for b in &w.breakdown {
-            let _ = writeln!(
-                t,
-                "  {:<14} {:<14} {:>26} {:>26} {:>22} {:>8.1}",
-                row_label(b),
-                "raw",
-                fmt_est(&b.ns_per_op),
-                fmt_est(&b.share_pct),
-                fmt_est(&b.ns_per_packet),
-                b.packets_per_op
-            );
-            let _ = writeln!(
+        // The "net of timing" rows have no last column (and no padding for it).
+        let share_row = |t: &mut String, c: [&str; 5], pkts: Option<&str>| {
+            let _ = write!(
                 t,
                 "  {:<14} {:<14} {:>26} {:>26} {:>22}",
-                "",
-                "net of timing",
-                opt(b.ns_per_op_net.as_ref()),
-                opt(b.share_net_pct.as_ref()),
-                opt(b.ns_per_packet_net.as_ref()),
+                c[0], c[1], c[2], c[3], c[4]
+            );
+            if let Some(pkts) = pkts {
+                let _ = write!(t, " {pkts:>8}");
+            }
+            t.push('\n');
+        };
+        share_row(
+            &mut t,
+            [
+                "netiso's",
+                "programs",
+                &format!("ns/{unit}"),
+                "share of CPU %",
+                "ns/packet",
+            ],
+            Some(&format!("pkts/{per}")),
+        );
+        for b in &w.breakdown {
+            share_row(
+                &mut t,
+                [
+                    row_label(b),
+                    "raw",
+                    &fmt_est(&b.ns_per_op),
+                    &fmt_est(&b.share_pct),
+                    &fmt_est(&b.ns_per_packet),
+                ],
+                Some(&format!("{:.1}", b.packets_per_op)),
+            );
+            share_row(
+                &mut t,
+                [
+                    "",
+                    "net of timing",
+                    &opt(b.ns_per_op_net.as_ref()),
+                    &opt(b.share_net_pct.as_ref()),
+                    &opt(b.ns_per_packet_net.as_ref()),
+                ],
+                None,
             );
         }
         for b in &w.breakdown {
@@ -179,25 +195,34 @@ pub fn table(c: &CostReport) -> String {
                 let _ = writeln!(t, "    {}: no netiso program ran", row_label(b));
                 continue;
             }
-            let _ = writeln!(
-                t,
-                "    {:<24} {:<18} {:>12} {:>24} {:>26}",
-                format!("{}: program", row_label(b)),
-                "kind",
-                format!("runs/{per}"),
-                "ns/run raw",
-                "ns/run over the floor"
-            );
-            for p in &b.programs {
+            let prog_row = |t: &mut String, c: [&str; 5]| {
                 let _ = writeln!(
                     t,
-                    "    {:<24} {:<18} {:>12.3} {:>24} {:>26}",
-                    p.name,
-                    p.kind,
-                    p.runs_per_op,
-                    per_run(p.ns_per_run.as_ref(), p.ns_per_run_pooled),
-                    p.ns_per_run_net_pooled
-                        .map_or_else(|| "-".into(), |x| per_run(p.ns_per_run_net.as_ref(), x))
+                    "    {:<24} {:<18} {:>12} {:>24} {:>26}",
+                    c[0], c[1], c[2], c[3], c[4]
+                );
+            };
+            prog_row(
+                &mut t,
+                [
+                    &format!("{}: program", row_label(b)),
+                    "kind",
+                    &format!("runs/{per}"),
+                    "ns/run raw",
+                    "ns/run over the floor",
+                ],
+            );
+            for p in &b.programs {
+                prog_row(
+                    &mut t,
+                    [
+                        &p.name,
+                        &p.kind,
+                        &format!("{:.3}", p.runs_per_op),
+                        &per_run(p.ns_per_run.as_ref(), p.ns_per_run_pooled),
+                        &p.ns_per_run_net_pooled
+                            .map_or_else(|| "-".into(), |x| per_run(p.ns_per_run_net.as_ref(), x)),
+                    ],
                 );
             }
         }
@@ -432,16 +457,7 @@ pub fn charts(c: &CostReport, dir: &Path) -> Result<Vec<PathBuf>> {
         .workloads
         .iter()
         .enumerate()
-        .map(|(i, w)| {
-            (
-                i,
-                if matches!(w.workload, Workload::Stream | Workload::Rr) {
-                    1.0
-                } else {
-                    2.0
-                },
-            )
-        })
+        .map(|(i, w)| (i, share_limit(w.workload)))
         .collect();
     let cpu: Vec<(String, Vec<(CostPath, Est)>)> = c
         .workloads

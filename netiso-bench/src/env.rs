@@ -373,6 +373,22 @@ impl World {
         isolated: bool,
         abstract_unix: Option<Vec<String>>,
     ) -> Result<PathBuf> {
+        let req = self.container_req(name, ips, isolated, abstract_unix)?;
+        self.api
+            .add_container(&req)
+            .with_context(|| format!("registering {name}"))?;
+        Ok(req.cgroup.expect("set by container_req"))
+    }
+
+    /// The registration request of an enforcing container `name` owning `ips`, its cgroup
+    /// made under the agent's root (if not there yet); nothing is sent to the agent.
+    pub fn container_req(
+        &self,
+        name: &str,
+        ips: &[&str],
+        isolated: bool,
+        abstract_unix: Option<Vec<String>>,
+    ) -> Result<AddContainer> {
         let cg = self.netiso_root.join(name);
         fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
         let ips = ips
@@ -380,19 +396,16 @@ impl World {
             .map(|a| a.parse())
             .collect::<Result<Vec<_>, _>>()
             .context("container addresses")?;
-        self.api
-            .add_container(&AddContainer {
-                name: name.to_owned(),
-                cgroup: Some(cg.clone()),
-                pid: None,
-                ips,
-                mode: Mode::Enforce,
-                allow_raw: false,
-                isolated,
-                abstract_unix,
-            })
-            .with_context(|| format!("registering {name}"))?;
-        Ok(cg)
+        Ok(AddContainer {
+            name: name.to_owned(),
+            cgroup: Some(cg),
+            pid: None,
+            ips,
+            mode: Mode::Enforce,
+            allow_raw: false,
+            isolated,
+            abstract_unix,
+        })
     }
 
     pub fn ns_path(name: &str) -> PathBuf {
@@ -572,16 +585,8 @@ impl World {
                 }
             }
             PathKind::Netiso => {
-                let req = AddContainer {
-                    name: name.clone(),
-                    cgroup: Some(cgroup.clone()),
-                    pid: None,
-                    ips: vec![addr],
-                    mode: Mode::Enforce,
-                    allow_raw: false,
-                    isolated: false,
-                    abstract_unix: None,
-                };
+                // The cgroup is there already (made above, the same path under the agent's root).
+                let req = self.container_req(&name, &[&addr.to_string()], false, None)?;
                 self.api
                     .add_container(&req)
                     .with_context(|| format!("registering {name}"))?;

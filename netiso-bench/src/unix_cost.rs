@@ -24,7 +24,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cost::{estimate, Est},
+    cost::{enable_run_time_stats, estimate, prog_stat, Est},
     env::World,
     sys::sh,
 };
@@ -134,13 +134,6 @@ fn listeners(w: &World, names: &[&str], path: &Path) -> Result<Vec<UnixDatagram>
     })
 }
 
-/// connect_unix's (run_time_ns, run_cnt) now.
-fn prog_stats(pin: &Path) -> Result<(u64, u64)> {
-    let i = aya::programs::ProgramInfo::from_pin(pin)
-        .with_context(|| format!("reading the program pinned at {}", pin.display()))?;
-    Ok((i.run_time().as_nanos() as u64, i.run_count()))
-}
-
 fn run_loop(w: &World, cgroup: &Path, target: &str, count: u64) -> Result<LoopResult> {
     let out = sh(Command::new(&w.me)
         .arg("exec")
@@ -226,19 +219,17 @@ pub fn measure(w: &World, rounds: usize, count: u64) -> Result<UnixCost> {
     for round in 0..rounds {
         for timed in [false, true] {
             let _stats = if timed {
-                Some(
-                    aya::sys::enable_stats(aya::sys::Stats::RunTime)
-                        .map_err(|e| anyhow::anyhow!("enabling BPF run-time statistics: {e}"))?,
-                )
+                Some(enable_run_time_stats()?)
             } else {
                 None
             };
             for k in 0..n {
                 let i = (k + round) % n;
                 let (name, cg, target, refused, _) = cases[i];
-                let before = prog_stats(&pin)?;
+                // connect_unix's counters, read only where timing is on.
+                let before = if timed { Some(prog_stat(&pin)?) } else { None };
                 let r = run_loop(w, cg, target, count)?;
-                let after = prog_stats(&pin)?;
+                let after = if timed { Some(prog_stat(&pin)?) } else { None };
                 let want = if refused { (0, count) } else { (count, 0) };
                 ensure!(
                     (r.ok, r.refused) == want,
@@ -246,11 +237,13 @@ pub fn measure(w: &World, rounds: usize, count: u64) -> Result<UnixCost> {
                     r.ok,
                     r.refused
                 );
-                if timed {
-                    let runs = after.1 - before.1;
+                if let (Some(before), Some(after)) = (before, after) {
+                    let runs = after.run_cnt - before.run_cnt;
                     prog[i].1 += runs;
                     if runs > 0 {
-                        prog[i].0.push((after.0 - before.0) as f64 / runs as f64);
+                        prog[i]
+                            .0
+                            .push((after.run_time_ns - before.run_time_ns) as f64 / runs as f64);
                     }
                 } else {
                     cpu[i].push(r.cpu_ns as f64 / count as f64);
