@@ -349,6 +349,11 @@ impl Registry {
         self.rules_to.remove(&(to, from));
     }
 
+    /// Whether a live container holds this private loopback.
+    pub fn loopback_taken(&self, loopback: Ipv4Addr) -> bool {
+        self.loopbacks.contains_key(&loopback)
+    }
+
     /// The next free container id from the cursor (1 ..= MAX_ID, never a live container's,
     /// and never one whose loopback slot a live container holds).
     pub fn allocate_id(&self) -> u32 {

@@ -128,7 +128,7 @@ impl State {
             let in_range = (1..=crate::registry::MAX_ID).contains(&c.id);
             let id = if in_range
                 && reg.get(c.id).is_none()
-                && reg.iter().all(|o| o.loopback != loopback_of_slot(c.id))
+                && !reg.loopback_taken(loopback_of_slot(c.id))
             {
                 c.id
             } else {

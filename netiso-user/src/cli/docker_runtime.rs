@@ -165,6 +165,15 @@ impl Runtime<'_> {
         c
     }
 
+    /// Runs runc with the call's arguments and waits: Some(exit code) when it failed.
+    fn pass_failed(&self) -> anyhow::Result<Option<i32>> {
+        let status = Command::new(self.runc)
+            .args(self.args)
+            .status()
+            .with_context(|| format!("running {}", self.runc.display()))?;
+        Ok((!status.success()).then(|| status.code().unwrap_or(super::EXIT_RUNTIME)))
+    }
+
     fn client(&self) -> Client {
         Client::new(self.socket).with_timeout(self.timeout)
     }
@@ -180,12 +189,8 @@ impl Runtime<'_> {
             return Ok(exec(self.runc, self.args));
         };
         let id = self.id()?;
-        let status = Command::new(self.runc)
-            .args(self.args)
-            .status()
-            .with_context(|| format!("running {}", self.runc.display()))?;
-        if !status.success() {
-            return Ok(status.code().unwrap_or(super::EXIT_RUNTIME));
+        if let Some(code) = self.pass_failed()? {
+            return Ok(code);
         }
         let registered = self
             .init_pid(id)
@@ -242,13 +247,9 @@ impl Runtime<'_> {
         let Some(keys) = keys else {
             return Ok(exec(self.runc, self.args));
         };
-        let status = Command::new(self.runc)
-            .args(self.args)
-            .status()
-            .with_context(|| format!("running {}", self.runc.display()))?;
-        if !status.success() {
+        if let Some(code) = self.pass_failed()? {
             // The container may still run: it stays registered.
-            return Ok(status.code().unwrap_or(super::EXIT_RUNTIME));
+            return Ok(code);
         }
         let name = keys.name(id)?;
         let problem = match oci::unregister(&self.client(), &name) {

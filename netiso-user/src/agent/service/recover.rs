@@ -11,7 +11,7 @@
 //! process can be in it). One that cannot be rebuilt faithfully stops the agent: it refuses
 //! to start rather than enforce less.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -46,6 +46,13 @@ pub fn from_snapshot(
         ips.entry(*id)
             .or_default()
             .push(IpAddr::V6(Ipv6Addr::from(*a)));
+    }
+    let mut unix_names: HashMap<ContainerId, Vec<String>> = HashMap::new();
+    for (id, n) in &snap.unix_names {
+        unix_names
+            .entry(*id)
+            .or_default()
+            .push(format!("@{}", String::from_utf8_lossy(n)));
     }
     let mut reg = Registry::new();
     reg.enabled = !snap.disabled;
@@ -99,12 +106,7 @@ pub fn from_snapshot(
             allow_raw: c.flags & FLAG_ALLOW_RAW != 0,
             isolated: c.flags & FLAG_ISOLATED != 0,
             abstract_unix: snap.unix_restricted.contains(&cgroup_id).then(|| {
-                let mut names: Vec<String> = snap
-                    .unix_names
-                    .iter()
-                    .filter(|(id, _)| *id == c.id)
-                    .map(|(_, n)| format!("@{}", String::from_utf8_lossy(n)))
-                    .collect();
+                let mut names = unix_names.remove(&c.id).unwrap_or_default();
                 names.sort();
                 names
             }),
@@ -160,9 +162,8 @@ pub fn from_snapshot(
             store.display()
         );
     }
-    let by_id: BTreeSet<u32> = reg.iter().map(|c| c.id).collect();
     for (k, v) in &snap.rules {
-        if by_id.contains(&k.from.0) && by_id.contains(&k.to.0) {
+        if reg.get(k.from.0).is_some() && reg.get(k.to.0).is_some() {
             reg.set_rule(k.from.0, k.to.0, *v != 0);
         } else {
             notes.push(format!(
