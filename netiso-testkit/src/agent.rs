@@ -3,7 +3,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -20,18 +20,23 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
+/// A finished process's exit code (-1 when killed by a signal) and output (lossily decoded).
+impl From<Output> for CliOutput {
+    fn from(out: Output) -> CliOutput {
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl CliOutput {
     /// The probe steps among the lines printed (a container running netiso-probe prints one
     /// JSON line per step).
     #[track_caller]
     pub fn steps(&self) -> Vec<crate::Step> {
-        self.stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}"))
-            })
-            .collect()
+        crate::probe::parse_steps(self.stdout.lines().filter(|l| l.starts_with('{')))
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)
@@ -186,11 +191,7 @@ impl Agent {
             .stdin(Stdio::null())
             .output()
             .expect("running netiso");
-        CliOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        out.into()
     }
 
     /// Registers `cgroup` as container `name` owning `ips`, plus extra flags.
@@ -207,6 +208,19 @@ impl Agent {
     /// The agent's process id (None when stopped).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The names of the registered containers, sorted (the API lists them in name order).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .client()
+            .containers()
+            .expect("listing containers")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        names.sort();
+        names
     }
 
     /// The registry in the agent's state store, as JSON (None: no state).
@@ -238,11 +252,7 @@ impl Agent {
             .args(&args)
             .output()
             .expect("cleanup");
-        CliOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        out.into()
     }
 }
 

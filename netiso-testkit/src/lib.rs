@@ -21,7 +21,7 @@ mod world;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -90,6 +90,15 @@ pub fn netiso_bin() -> PathBuf {
 
 pub fn probe_bin() -> PathBuf {
     bin_dir().join("netiso-probe")
+}
+
+/// Runs `cmd` (stdin: /dev/null) to completion and returns its exit code and output, whatever
+/// the code; panics only when it cannot be started.
+pub fn output(cmd: &mut Command) -> CliOutput {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+        .into()
 }
 
 fn run(cmd: &mut Command) -> Output {

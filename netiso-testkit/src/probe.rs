@@ -90,8 +90,12 @@ pub fn probe_as(ns: &Netns, cgroup: &Path, steps: &[&str], who: As) -> Vec<Step>
         "probe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    parse_steps(String::from_utf8_lossy(&out.stdout).lines())
+}
+
+/// Parses netiso-probe's output lines, one JSON step each; panics on any other line.
+pub(crate) fn parse_steps<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Step> {
+    lines
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}")))
         .collect()
 }
@@ -208,13 +212,11 @@ impl Drop for Background {
 /// What a client outside every container (the test's unregistered cgroup) receives from
 /// ADDR over TCP: the server's text, or "error ERRNO" of the failed step.
 pub fn served(w: &World, addr: &str) -> String {
-    let last = probe(
+    let last = probe_last(
         &w.ns,
         &w.host_cgroup(),
         &["socket tcp4", &format!("connect {addr}"), "recv"],
-    )
-    .pop()
-    .expect("probe printed nothing");
+    );
     if last.ok {
         last.value.unwrap_or_default()
     } else {

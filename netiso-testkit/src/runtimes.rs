@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cgroup2_mount, netiso_bin, probe_bin, unique, CliOutput, World};
+use crate::{cgroup2_mount, netiso_bin, output, probe_bin, unique, CliOutput, World};
 
 /// The Docker CLI of the docker.io package (another `docker` may come first in PATH).
 pub const DOCKER_CLI: &str = "/usr/bin/docker";
@@ -41,18 +41,6 @@ pub fn require(program: &str) -> PathBuf {
     which(program).unwrap_or_else(|| {
         panic!("{program} is not installed; `cargo xtask bootstrap` installs the container runtimes the tests need")
     })
-}
-
-fn output(cmd: &mut Command) -> CliOutput {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// Builds a container root filesystem in `dir`: busybox (a few applets) and netiso-probe,
@@ -142,6 +130,24 @@ pub fn remove_v1_cgroups(rel: &Path) {
                 }
             }
         }
+    }
+}
+
+/// Polls `logs` (a runtime's `logs NAME`) until container `name`'s output contains `needle`,
+/// for up to a minute.
+#[track_caller]
+fn wait_log(name: &str, needle: &str, logs: impl Fn() -> CliOutput) -> String {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let out = logs();
+        if out.stdout.contains(needle) {
+            return out.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {name} never printed {needle:?}: {out:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -260,18 +266,7 @@ impl Podman {
     /// Waits until container `name`'s output contains `needle`.
     #[track_caller]
     pub fn wait_log(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            let out = self.podman(&["logs", name]);
-            if out.stdout.contains(needle) {
-                return out.stdout;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {name} never printed {needle:?}: {out:?}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_log(name, needle, || self.podman(&["logs", name]))
     }
 }
 
@@ -422,18 +417,7 @@ impl Dockerd {
     /// Waits until container `name`'s output contains `needle`.
     #[track_caller]
     pub fn wait_log(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            let out = self.docker(&["logs", name]);
-            if out.stdout.contains(needle) {
-                return out.stdout;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {name} never printed {needle:?}: {out:?}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_log(name, needle, || self.docker(&["logs", name]))
     }
 
     /// Imports the test rootfs as image `netiso-test` (no registry: `docker import`).

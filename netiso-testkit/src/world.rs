@@ -1,7 +1,7 @@
 //! The usual test world: a namespace with addresses, a cgroup subtree and an agent.
 use std::path::PathBuf;
 
-use crate::{Agent, CgroupTree, Netns};
+use crate::{Agent, CgroupTree, CliOutput, Netns};
 
 /// Test world: namespace with documentation-range addresses on `lo`, cgroup subtree and agent.
 pub struct World {
@@ -40,6 +40,12 @@ impl World {
         let cg = self.cgroups.child(name);
         self.agent.add(name, &cg, ips, extra);
         cg
+    }
+
+    /// Runs `netiso --socket <agent> LINE` against the world's agent, LINE split on whitespace
+    /// (test paths and names have no spaces).
+    pub fn cli(&self, line: &str) -> CliOutput {
+        self.agent.cli(&line.split_whitespace().collect::<Vec<_>>())
     }
 
     /// An unregistered cgroup inside the test subtree (the hooks run there and must pass).

@@ -36,12 +36,7 @@ fn cli_as(w: &World, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> CliOu
             Ok(())
         });
     }
-    let out = cmd.output().expect("running netiso");
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.output().expect("running netiso").into()
 }
 
 fn mode_of(p: &Path) -> u32 {

@@ -8,27 +8,11 @@ use std::{
     process::{Command, Stdio},
 };
 
-use netiso_testkit::{cgroup2_mount, netiso_bin, probe_bin, probe_last, unique, CliOutput, World};
+use netiso_testkit::{cgroup2_mount, netiso_bin, output, probe_bin, probe_last, unique, World};
 use serde_json::{json, Value};
 
 const EXIT_RUNTIME: i32 = 1;
 const EXIT_USAGE: i32 = 2;
-
-/// Runs `netiso --socket <agent> LINE`, LINE split on whitespace (test paths have no spaces).
-fn cli(w: &World, line: &str) -> CliOutput {
-    w.agent.cli(&line.split_whitespace().collect::<Vec<_>>())
-}
-
-fn output(cmd: &mut Command) -> CliOutput {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// `netiso ARGS` without an implicit --socket or NETISO_SOCKET.
 fn netiso(args: &[&str]) -> Command {
@@ -40,7 +24,7 @@ fn netiso(args: &[&str]) -> Command {
 }
 
 fn ls(w: &World) -> Value {
-    cli(w, "--json container ls").ok().json()
+    w.cli("--json container ls").ok().json()
 }
 
 /// Runs a command that must fail with `code` and a message on stderr containing every
@@ -332,9 +316,9 @@ fn refused_requests_exit_1_and_change_nothing() {
 fn valid_changes_succeed() {
     let w = World::new("c-valid");
     w.container("a", &["192.0.2.10"], &[]);
-    cli(&w, "container ip add a 2001:db8::10").ok();
-    cli(&w, "container ip rm a 192.0.2.10").ok();
-    let v = cli(&w, "--json container mode a audit").ok().json();
+    w.cli("container ip add a 2001:db8::10").ok();
+    w.cli("container ip rm a 192.0.2.10").ok();
+    let v = w.cli("--json container mode a audit").ok().json();
     assert_eq!(v["mode"], "audit");
     assert_eq!(v["ips"], json!(["2001:db8::10"]));
 
@@ -344,16 +328,16 @@ fn valid_changes_succeed() {
         .unwrap()
         .display()
         .to_string();
-    let v = cli(
-        &w,
-        &format!("--json container add r --cgroup {rel_s} --ip 192.0.2.10"),
-    )
-    .ok()
-    .json();
+    let v = w
+        .cli(&format!(
+            "--json container add r --cgroup {rel_s} --ip 192.0.2.10"
+        ))
+        .ok()
+        .json();
     assert_eq!(Path::new(v["cgroup"].as_str().unwrap()), rel);
     assert_eq!(ls(&w).as_array().unwrap().len(), 2);
     assert_eq!(
-        cli(&w, "--json container rm r").ok().json(),
+        w.cli("--json container rm r").ok().json(),
         json!({"removed": "r"})
     );
     assert_eq!(ls(&w).as_array().unwrap().len(), 1);
@@ -428,12 +412,12 @@ fn json_and_table_output() {
     let w = World::new("c-output");
     let cg = w.cgroups.child("web");
     let cg_s = cg.display().to_string();
-    let v = cli(
-        &w,
-        &format!("container add web --cgroup {cg_s} --ip 192.0.2.10 --ip 2001:db8::10 --json"),
-    )
-    .ok()
-    .json();
+    let v = w
+        .cli(&format!(
+            "container add web --cgroup {cg_s} --ip 192.0.2.10 --ip 2001:db8::10 --json"
+        ))
+        .ok()
+        .json();
     assert_eq!(v["name"], "web");
     assert_eq!(v["ips"], json!(["192.0.2.10", "2001:db8::10"]));
     assert_eq!(v["mode"], "enforce");
@@ -442,17 +426,17 @@ fn json_and_table_output() {
     assert!(v["counters"]["bind_refused"].is_u64(), "{v}");
 
     let list = ls(&w);
-    assert_eq!(list, cli(&w, "container ls --json").ok().json());
+    assert_eq!(list, w.cli("container ls --json").ok().json());
     let list = list.as_array().expect("ls --json is an array");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["name"], "web");
     assert_eq!(list[0]["id"], v["id"]);
 
-    let show = cli(&w, "container show web --json").ok().json();
+    let show = w.cli("container show web --json").ok().json();
     assert_eq!(show["name"], "web");
     assert_eq!(Path::new(show["cgroup"].as_str().unwrap()), cg);
 
-    let st = cli(&w, "status --json").ok().json();
+    let st = w.cli("status --json").ok().json();
     assert_eq!(st["enabled"], true);
     assert_eq!(st["containers"], 1);
     assert_eq!(
@@ -464,7 +448,7 @@ fn json_and_table_output() {
         "{st}"
     );
 
-    let out = cli(&w, "container ls").ok();
+    let out = w.cli("container ls").ok();
     let mut lines = out.stdout.lines();
     let header: Vec<&str> = lines
         .next()
@@ -498,7 +482,7 @@ fn json_and_table_output() {
     );
     assert_eq!(lines.next(), None);
 
-    let out = cli(&w, "container show web").ok();
+    let out = w.cli("container show web").ok();
     let first = out.stdout.lines().next().unwrap_or_default();
     assert!(
         first.starts_with("name:") && first.ends_with(" web"),
@@ -506,12 +490,12 @@ fn json_and_table_output() {
         out.stdout
     );
     assert!(out.stdout.contains("bind_refused:"), "{}", out.stdout);
-    let out = cli(&w, "status").ok();
+    let out = w.cli("status").ok();
     assert!(out.stdout.starts_with("enforcement:"), "{}", out.stdout);
 
     // An empty list still has its header, and is an empty JSON array.
-    cli(&w, "container rm web").ok();
-    let out = cli(&w, "container ls").ok();
+    w.cli("container rm web").ok();
+    let out = w.cli("container ls").ok();
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
     assert!(out.stdout.starts_with("NAME"), "{}", out.stdout);
     assert_eq!(ls(&w), json!([]));
@@ -616,7 +600,7 @@ fn run_passes_exit_status_through() {
         assert_run_cleaned_up(&w, name);
     }
     // A command that cannot be started is a runtime failure, cleaned up as well.
-    let out = cli(&w, "run --name nx --ip 192.0.2.10 -- /nonexistent/cmd");
+    let out = w.cli("run --name nx --ip 192.0.2.10 -- /nonexistent/cmd");
     assert_eq!(out.code, EXIT_RUNTIME, "{out:?}");
     assert!(out.stderr.contains("/nonexistent/cmd"), "{}", out.stderr);
     assert_run_cleaned_up(&w, "nx");
@@ -778,7 +762,7 @@ fn names_are_not_interpreted_as_api_paths() {
 /// name is checked before `<root>/netiso/NAME` is made).
 fn run_with_invalid_name_leaves_no_cgroup() {
     let w = World::new("c-runname");
-    let out = cli(&w, "run --name x/y --ip 192.0.2.20 -- true");
+    let out = w.cli("run --name x/y --ip 192.0.2.20 -- true");
     assert_eq!(out.code, EXIT_USAGE, "{out:?}");
     assert!(
         out.stderr.contains("invalid container name"),

@@ -10,19 +10,6 @@ use netiso_testkit::{
     served, unique, wait_until, Background, CliOutput, World,
 };
 
-fn names(w: &World) -> Vec<String> {
-    let mut n: Vec<String> = w
-        .agent
-        .client()
-        .containers()
-        .expect("listing containers")
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    n.sort();
-    n
-}
-
 /// Starts a detached container `name` serving TEXT on *:8080 with the given `-e` settings
 /// and returns its id.
 #[track_caller]
@@ -145,7 +132,7 @@ fn docker_containers_get_their_own_addresses() {
     wait_until(
         "the removed container is unregistered",
         Duration::from_secs(30),
-        || names(&w) == ab,
+        || w.agent.names() == ab,
     );
 
     // stop unregisters, start registers again, rm unregisters.
@@ -154,7 +141,7 @@ fn docker_containers_get_their_own_addresses() {
     wait_until(
         "docker stop unregistered web-a",
         Duration::from_secs(30),
-        || names(&w) == vec![id_b.clone()],
+        || w.agent.names() == vec![id_b.clone()],
     );
     assert_eq!(served(&w, "192.0.2.10:8080"), "error ECONNREFUSED");
     let out = d.docker(&["start", "web-a"]);
@@ -162,13 +149,13 @@ fn docker_containers_get_their_own_addresses() {
     wait_until("web-a serves again", Duration::from_secs(30), || {
         served(&w, "192.0.2.10:8080") == "A"
     });
-    assert_eq!(names(&w), ab);
+    assert_eq!(w.agent.names(), ab);
     let out = d.docker(&["rm", "--force", "web-b"]);
     assert_eq!(out.code, 0, "{out:?}");
     wait_until(
         "docker rm unregistered web-b",
         Duration::from_secs(30),
-        || names(&w) == vec!["web-a".to_owned()],
+        || w.agent.names() == vec!["web-a".to_owned()],
     );
 }
 
@@ -240,7 +227,7 @@ fn docker_refusals_fail_closed() {
         }
         assert!(!ran, "{env:?}: the command ran");
     }
-    assert_eq!(names(&w), vec!["web".to_owned()]);
+    assert_eq!(w.agent.names(), vec!["web".to_owned()]);
     assert_eq!(served(&w, "192.0.2.10:8080"), "W");
 
     // No NETISO_* variable: runc alone, nothing registered, binds are the host's.
@@ -259,7 +246,7 @@ fn docker_refusals_fail_closed() {
     let s = out.steps();
     assert_eq!(s[2].addr(), "0.0.0.0:9000", "{out:?}");
     assert_eq!(s.last().unwrap().addr(), "192.0.2.20:9001", "{out:?}");
-    assert_eq!(names(&w), vec!["web".to_owned()]);
+    assert_eq!(w.agent.names(), vec!["web".to_owned()]);
 
     // Agent down: the container does not start; once it is back, it does.
     w.agent.stop(nix::sys::signal::Signal::SIGTERM);
@@ -278,7 +265,7 @@ fn docker_refusals_fail_closed() {
     wait_until(
         "the removed container is unregistered",
         Duration::from_secs(30),
-        || names(&w) == vec!["web".to_owned()],
+        || w.agent.names() == vec!["web".to_owned()],
     );
 }
 

@@ -38,11 +38,7 @@ fn netiso(dir: &Path, args: &[&str]) -> CliOutput {
         .stdin(Stdio::null())
         .output()
         .expect("running netiso");
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    out.into()
 }
 
 fn receive(sock: &UnixDatagram) -> String {

@@ -33,16 +33,6 @@ fn populated(cgroup: &Path) -> bool {
         .is_ok_and(|s| s.lines().any(|l| l == "populated 1"))
 }
 
-fn names(w: &World) -> Vec<String> {
-    w.agent
-        .client()
-        .containers()
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
-        .collect()
-}
-
 /// Runs `netiso --socket AGENT oci-hook EXTRA` with `stdin` as the OCI state.
 fn hook(w: &World, extra: &[&str], stdin: &str) -> CliOutput {
     let mut child = Command::new(netiso_bin())
@@ -61,12 +51,7 @@ fn hook(w: &World, extra: &[&str], stdin: &str) -> CliOutput {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().unwrap().into()
 }
 
 /// An OCI state as runtimes pass it to hooks.
@@ -102,7 +87,7 @@ fn registration_by_pid_is_idempotent() {
     assert_eq!(first["cgroup"], json!(cg));
     let again = add(&["--ip", "192.0.2.10"]).ok().json();
     assert_eq!(again["id"], first["id"]);
-    assert_eq!(names(&w), vec!["x".to_owned()]);
+    assert_eq!(w.agent.names(), vec!["x".to_owned()]);
     // The same by cgroup path is the same container too.
     let cg_s = cg.display().to_string();
     w.agent
@@ -165,7 +150,7 @@ fn registration_by_pid_is_idempotent() {
         "{}",
         out.stderr
     );
-    assert_eq!(names(&w), vec!["x".to_owned()]);
+    assert_eq!(w.agent.names(), vec!["x".to_owned()]);
 
     // Pids the agent cannot use.
     for (p, needle) in [
@@ -222,7 +207,7 @@ fn registration_by_pid_is_idempotent() {
             e => panic!("{e}"),
         }
     }
-    assert_eq!(names(&w), vec!["x".to_owned()]);
+    assert_eq!(w.agent.names(), vec!["x".to_owned()]);
 }
 
 /// Contract: fed the OCI state at createRuntime, the hook registers the container whose
@@ -255,7 +240,7 @@ fn oci_hook_registers_and_unregisters() {
     let out = hook(&w, &[], &stop);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("still has processes"), "{}", out.stderr);
-    assert_eq!(names(&w), vec!["h1".to_owned()]);
+    assert_eq!(w.agent.names(), vec!["h1".to_owned()]);
 
     drop(bg);
     wait_until(
@@ -265,7 +250,7 @@ fn oci_hook_registers_and_unregisters() {
     );
     let out = hook(&w, &[], &stop);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(names(&w).is_empty());
+    assert!(w.agent.names().is_empty());
     // Twice (poststop after a failed create, or a retry): nothing to do.
     assert_eq!(hook(&w, &[], &stop).code, 0);
 
@@ -278,7 +263,7 @@ fn oci_hook_registers_and_unregisters() {
     ] {
         let out = hook(&w, &[], &s);
         assert_eq!(out.code, 0, "{out:?}");
-        assert!(names(&w).is_empty());
+        assert!(w.agent.names().is_empty());
     }
 
     // Failures name the problem and register nothing.
@@ -297,7 +282,7 @@ fn oci_hook_registers_and_unregisters() {
         let out = hook(&w, &[], &stdin);
         assert_eq!(out.code, 1, "{stdin}: {out:?}");
         assert!(out.stderr.contains(needle), "{stdin}: {}", out.stderr);
-        assert!(names(&w).is_empty());
+        assert!(w.agent.names().is_empty());
     }
     // At poststop an invalid annotation means nothing was registered: nothing to do.
     assert_eq!(hook(&w, &[], &state("stopped", None, &bad)).code, 0);
@@ -318,7 +303,7 @@ fn oci_hook_gives_up_on_a_stuck_agent() {
     let w = World::new("oci-stuck");
     let cg = w.cgroups.child("ctr");
     let bg = resident(&w, &cg);
-    let pid = nix::unistd::Pid::from_raw(w.agent.child.as_ref().unwrap().id() as i32);
+    let pid = nix::unistd::Pid::from_raw(w.agent.pid().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let resume = Continue(pid);
     let ann = json!({ "io.netiso.ips": "192.0.2.10" });

@@ -65,12 +65,7 @@ fn agent_once(w: &World, extra: &[&str], timeout: Duration) -> CliOutput {
         }
         thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().unwrap().into()
 }
 
 fn inode(p: &Path) -> u64 {

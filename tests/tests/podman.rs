@@ -10,17 +10,6 @@ use netiso_testkit::{
     served, unique, wait_until, Background, CliOutput, World,
 };
 
-/// Names of the registered containers.
-fn names(w: &World) -> Vec<String> {
-    w.agent
-        .client()
-        .containers()
-        .expect("listing containers")
-        .into_iter()
-        .map(|c| c.name)
-        .collect()
-}
-
 /// Name, cgroup and addresses of every registered container.
 fn registry(w: &World) -> Vec<(String, std::path::PathBuf, Vec<std::net::IpAddr>)> {
     w.agent
@@ -162,7 +151,7 @@ fn podman_containers_get_their_own_addresses() {
     wait_until(
         "the removed container is unregistered",
         Duration::from_secs(30),
-        || !names(&w).contains(&"client".to_owned()),
+        || !w.agent.names().contains(&"client".to_owned()),
     );
 }
 
@@ -177,14 +166,14 @@ fn podman_stop_start_and_rm_unregister() {
     p.wait_log("a", "serving");
     let mut both = vec![id_a.clone(), id_b.clone()];
     both.sort();
-    assert_eq!(names(&w), both);
+    assert_eq!(w.agent.names(), both);
 
     let out = p.podman(&["stop", "--time", "0", "a"]);
     assert_eq!(out.code, 0, "{out:?}");
     wait_until(
         "podman stop unregistered a",
         Duration::from_secs(30),
-        || names(&w) == vec![id_b.clone()],
+        || w.agent.names() == vec![id_b.clone()],
     );
     assert_eq!(served(&w, "192.0.2.10:8080"), "error ECONNREFUSED");
 
@@ -193,7 +182,7 @@ fn podman_stop_start_and_rm_unregister() {
     wait_until(
         "podman start registered a again",
         Duration::from_secs(30),
-        || names(&w).contains(&id_a),
+        || w.agent.names().contains(&id_a),
     );
     wait_until("a serves again", Duration::from_secs(30), || {
         served(&w, "192.0.2.10:8080") == "A"
@@ -202,12 +191,12 @@ fn podman_stop_start_and_rm_unregister() {
     let out = p.podman(&["rm", "--force", "--time", "0", "b"]);
     assert_eq!(out.code, 0, "{out:?}");
     wait_until("podman rm unregistered b", Duration::from_secs(30), || {
-        names(&w) == vec![id_a.clone()]
+        w.agent.names() == vec![id_a.clone()]
     });
     let out = p.podman(&["rm", "--force", "--time", "0", "a"]);
     assert_eq!(out.code, 0, "{out:?}");
     wait_until("podman rm unregistered a", Duration::from_secs(30), || {
-        names(&w).is_empty()
+        w.agent.names().is_empty()
     });
 }
 
@@ -375,7 +364,7 @@ fn podman_agent_down_fails_closed() {
     wait_until(
         "the removed container is unregistered",
         Duration::from_secs(30),
-        || names(&w).is_empty(),
+        || w.agent.names().is_empty(),
     );
 }
 
@@ -403,7 +392,7 @@ fn podman_unannotated_container_is_untouched() {
     let s = out.steps();
     assert_eq!(s[2].addr(), "0.0.0.0:9000", "{out:?}");
     assert_eq!(s.last().unwrap().addr(), "192.0.2.20:9001", "{out:?}");
-    assert!(names(&w).is_empty());
+    assert!(w.agent.names().is_empty());
 }
 
 /// Contract: a container that died without its poststop (the runtime crashed) leaves a
@@ -417,7 +406,7 @@ fn podman_container_dead_without_poststop_is_removed() {
         &["sleep", "1000"],
     );
     wait_until("doomed registered", Duration::from_secs(30), || {
-        names(&w) == vec![id.clone()]
+        w.agent.names() == vec![id.clone()]
     });
     // Kill the monitor first, so nobody runs the poststop hook, then the container, and
     // remove its cgroup as a crashed runtime's cleanup would.
@@ -438,7 +427,7 @@ fn podman_container_dead_without_poststop_is_removed() {
     wait_until(
         "the agent removed the registration of the dead container",
         Duration::from_mins(1),
-        || names(&w).is_empty(),
+        || w.agent.names().is_empty(),
     );
 }
 

@@ -227,18 +227,7 @@ fn revocation(how: Revoke) {
             w.agent.cli(&["container", "rm", "a"]).ok();
         }
         Revoke::Move => {
-            w.agent
-                .cli(&[
-                    "container",
-                    "ip",
-                    "move",
-                    "192.0.2.10",
-                    "--from",
-                    "a",
-                    "--to",
-                    "b",
-                ])
-                .ok();
+            w.cli("container ip move 192.0.2.10 --from a --to b").ok();
         }
     }
 
@@ -413,18 +402,7 @@ fn ip_move_never_reaches_the_wrong_container() {
         seen("a") >= 20
     });
     let before_move = Instant::now();
-    w.agent
-        .cli(&[
-            "container",
-            "ip",
-            "move",
-            "192.0.2.10",
-            "--from",
-            "a",
-            "--to",
-            "b",
-        ])
-        .ok();
+    w.cli("container ip move 192.0.2.10 --from a --to b").ok();
     let moved = Instant::now();
     let server_b = serve(&b, "b");
     server_b.wait_for("serving");
